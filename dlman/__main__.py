@@ -1,0 +1,5 @@
+"""``python -m dlman`` runs the command line."""
+
+from dlman.cli import main
+
+main()
