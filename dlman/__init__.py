@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dlman.engine import Engine, download
 from dlman.errors import (
     ChecksumError,
     DestinationExistsError,
@@ -13,6 +14,7 @@ from dlman.errors import (
     RemoteChangedError,
     StorageError,
 )
+from dlman.transfer import DownloadResult, Progress
 
 __version__ = "0.1.0"
 
@@ -20,6 +22,9 @@ __all__ = [
     "ChecksumError",
     "DestinationExistsError",
     "DownloadError",
+    "DownloadResult",
+    "Engine",
+    "Progress",
     "HTTPStatusError",
     "InvalidInputError",
     "NetworkError",
@@ -27,4 +32,5 @@ __all__ = [
     "RemoteChangedError",
     "StorageError",
     "__version__",
+    "download",
 ]

@@ -1,0 +1,176 @@
+"""The engine: one HTTP client, rate limiter and connection cap shared by the downloads of a run.
+
+``Engine`` is the asyncio API; ``download()`` is the blocking one and works
+inside a running event loop too (a notebook) by running its own loop in a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from dlman.checksum import parse_checksum
+from dlman.options import (
+    HeadersInput,
+    check_connections,
+    check_urls,
+    normalise_headers,
+    parse_rate,
+)
+from dlman.ratelimit import RateLimiter
+from dlman.segments import DEFAULT_MIN_SEGMENT
+from dlman.transfer import DownloadResult, Progress, Transfer
+
+log = logging.getLogger("dlman")
+
+DEFAULT_CONNECTIONS = 8
+DEFAULT_RETRIES = 5
+DEFAULT_TIMEOUT = 30.0
+DEFAULT_PER_HOST = 16
+USER_AGENT = "dlman/0.1.0"
+
+
+def _netrc_auth() -> httpx.Auth | None:
+    """~/.netrc credentials, as curl -n and wget use them, when the file exists."""
+    path = os.environ.get("NETRC") or os.path.expanduser("~/.netrc")
+    if not os.path.isfile(path):
+        return None
+    try:
+        return httpx.NetRCAuth(path)
+    except Exception as exc:  # a malformed netrc must not stop downloads that don't need it
+        log.warning("ignoring %s: %s", path, exc)
+        return None
+
+
+def _proxy_configured() -> bool:
+    return any(os.environ.get(name) for name in
+               ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"))
+
+
+class Engine:
+    """Downloads files; ``async with Engine(...) as engine: await engine.download(url, dest)``.
+
+    Options given here are defaults for every download of the engine; most can be
+    overridden per download. ``limit_rate`` is shared by all downloads at once.
+    """
+
+    def __init__(self, *, connections: int = DEFAULT_CONNECTIONS, retries: int = DEFAULT_RETRIES,
+                 timeout: float = DEFAULT_TIMEOUT, headers: HeadersInput = None,
+                 limit_rate: int | str | None = None, http2: bool = False, insecure: bool = False,
+                 overwrite: bool = False, min_segment: int = DEFAULT_MIN_SEGMENT,
+                 max_connections_per_host: int = DEFAULT_PER_HOST, save_interval: float = 1.0) -> None:
+        self.connections = check_connections(connections)
+        if retries < 0:
+            raise ValueError("retries must be >= 0")
+        if timeout <= 0:
+            raise ValueError("timeout must be positive")
+        self.retries = retries
+        self.timeout = float(timeout)
+        self.headers = normalise_headers(headers)
+        rate = parse_rate(limit_rate)
+        self.limiter = RateLimiter(rate) if rate else None
+        self.http2 = http2
+        self.insecure = insecure
+        self.overwrite = overwrite
+        self.min_segment = min_segment
+        self.max_per_host = max_connections_per_host
+        self.save_interval = save_interval
+        self._host_slots: dict[str, asyncio.Semaphore] = {}
+        self._client: httpx.AsyncClient | None = None
+        if insecure:
+            log.warning("TLS certificate verification is disabled (--insecure)")
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            raise RuntimeError("use the Engine as 'async with Engine(...) as engine'")
+        return self._client
+
+    async def __aenter__(self) -> "Engine":
+        self._client = self._make_client()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    def _make_client(self) -> httpx.AsyncClient:
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=64, keepalive_expiry=5.0)
+        options: dict[str, Any] = {}
+        if not _proxy_configured():
+            try:
+                from dlman import transport
+            except ImportError:
+                transport = None  # type: ignore[assignment]
+            if transport is not None and transport.native_backend_available():
+                options["transport"] = transport.make_transport(
+                    verify=not self.insecure, http2=self.http2, limits=limits)
+        return httpx.AsyncClient(
+            http2=self.http2,
+            verify=not self.insecure,
+            timeout=httpx.Timeout(self.timeout, pool=None),
+            limits=limits,
+            follow_redirects=True,
+            max_redirects=20,
+            trust_env=True,
+            auth=_netrc_auth(),
+            headers={"Accept-Encoding": "identity", "User-Agent": USER_AGENT},
+            **options,
+        )
+
+    @contextlib.asynccontextmanager
+    async def host_slot(self, host: str) -> AsyncIterator[None]:
+        """At most ``max_connections_per_host`` requests to one host at once, over all downloads."""
+        slot = self._host_slots.setdefault(host, asyncio.Semaphore(self.max_per_host))
+        async with slot:
+            yield
+
+    async def download(self, url: str | Sequence[str], dest: str | os.PathLike[str] = ".", *,
+                       on_progress: Callable[[Progress], None] | None = None,
+                       checksum: str | None = None, connections: int | None = None,
+                       headers: HeadersInput = None, overwrite: bool | None = None) -> DownloadResult:
+        """Download ``url`` (or several mirrors of one file) to ``dest``.
+
+        ``dest`` is a file path, or a directory (existing, or ending with a slash)
+        in which the name comes from the server (SPEC rule 8).
+        """
+        urls = check_urls(url)
+        parsed_checksum = parse_checksum(checksum) if checksum else None
+        count = check_connections(connections) if connections is not None else self.connections
+        merged = self.headers + normalise_headers(headers)
+        text = os.fspath(dest)
+        target = Path(os.path.abspath(text))
+        directory = target.is_dir() or text.endswith(("/", os.sep))
+        transfer = Transfer(self, urls, target, directory=directory, connections=count, headers=merged,
+                            checksum=parsed_checksum,
+                            overwrite=self.overwrite if overwrite is None else overwrite,
+                            on_progress=on_progress)
+        return await transfer.run()
+
+
+def download(url: str | Sequence[str], dest: str | os.PathLike[str] = ".", *,
+             on_progress: Callable[[Progress], None] | None = None, checksum: str | None = None,
+             **options: Any) -> DownloadResult:
+    """Blocking download; engine options (connections, retries, timeout, headers, ...) as keywords."""
+    per_download = {k: options.pop(k) for k in ("connections", "headers", "overwrite") if k in options}
+
+    async def main() -> DownloadResult:
+        async with Engine(**options) as engine:
+            return await engine.download(url, dest, on_progress=on_progress, checksum=checksum,
+                                         **per_download)
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(main())
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, main()).result()

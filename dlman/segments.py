@@ -1,0 +1,126 @@
+"""Segment planning: which byte ranges each connection fetches (pure, no I/O).
+
+The plan is a list of segments covering the missing bytes. A segment's ``end``
+may shrink while a connection works on it: when another connection runs out of
+work it takes over the far half of the largest remaining segment (SPEC rule 4),
+so one slow connection never holds up the end of a download.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+DEFAULT_MIN_SEGMENT = 1 << 20
+
+
+@dataclass(eq=False)
+class Segment:
+    """Bytes ``[start, end)`` of the file, of which ``[start, pos)`` are written to disk.
+
+    ``received`` runs ahead of ``pos`` by what a connection holds in memory or is
+    writing; a split never cuts below it, so no byte is fetched twice.
+    ``check_from`` marks a resumed segment whose first request must re-fetch
+    ``[check_from, start)`` and compare it with the disk (no validators to trust).
+    """
+
+    start: int
+    end: int
+    pos: int
+    busy: bool = False
+    received: int = -1
+    check_from: int | None = None
+
+    def __post_init__(self) -> None:
+        self.received = max(self.received, self.pos)
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.end - max(self.pos, self.received))
+
+    @property
+    def done(self) -> bool:
+        return self.pos >= self.end
+
+
+class SegmentPlan:
+    """The missing bytes of a file of known ``size``, as segments handed out to connections."""
+
+    def __init__(self, size: int, missing: Iterable[tuple[int, int]] | None = None,
+                 *, min_segment: int = DEFAULT_MIN_SEGMENT) -> None:
+        if size < 0:
+            raise ValueError("size must be >= 0")
+        self.size = size
+        self.min_segment = max(1, min_segment)
+        intervals = [(0, size)] if missing is None else list(missing)
+        self.segments: list[Segment] = [Segment(a, b, a) for a, b in normalise(intervals, size)]
+
+    def split_evenly(self, parts: int) -> None:
+        """Cut idle segments so that up to ``parts`` connections can start at once.
+
+        Each piece stays at least ``min_segment`` long; a busy segment keeps its
+        connection and is cut like the others (its connection stops at the new end).
+        """
+        while len(self.unfinished()) < parts:
+            if self.split_largest() is None:
+                break
+
+    def unfinished(self) -> list[Segment]:
+        return [s for s in self.segments if not s.done]
+
+    def next_work(self) -> Segment | None:
+        """Work for a connection that has none: an idle segment, else half of the largest busy one."""
+        for segment in self.segments:
+            if not segment.busy and not segment.done:
+                segment.busy = True
+                return segment
+        taken = self.split_largest()
+        if taken is not None:
+            taken.busy = True
+        return taken
+
+    def split_largest(self) -> Segment | None:
+        """Split the unfinished segment with the most bytes left; None when all are too small."""
+        candidates = self.unfinished()
+        if not candidates:
+            return None
+        largest = max(candidates, key=lambda s: s.remaining)
+        if largest.remaining < 2 * self.min_segment:
+            return None
+        middle = max(largest.pos, largest.received) + largest.remaining // 2
+        tail = Segment(middle, largest.end, middle)
+        largest.end = middle
+        self.segments.insert(self.segments.index(largest) + 1, tail)
+        return tail
+
+    def release(self, segment: Segment) -> None:
+        """A connection stopped working on ``segment`` (finished, failed or cancelled)."""
+        segment.busy = False
+        if segment.done:
+            self.segments = [s for s in self.segments if not s.done or s.busy]
+
+    def missing(self) -> list[tuple[int, int]]:
+        """The byte ranges not yet on disk, merged and sorted."""
+        return normalise(((s.pos, s.end) for s in self.segments), self.size)
+
+    @property
+    def downloaded(self) -> int:
+        return self.size - sum(b - a for a, b in self.missing())
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing()
+
+
+def normalise(intervals: Iterable[tuple[int, int]], size: int) -> list[tuple[int, int]]:
+    """Sort, clip to ``[0, size)``, drop empties and merge overlapping or touching ranges."""
+    clipped = sorted((max(0, a), min(size, b)) for a, b in intervals)
+    merged: list[tuple[int, int]] = []
+    for a, b in clipped:
+        if a >= b:
+            continue
+        if merged and a <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+        else:
+            merged.append((a, b))
+    return merged
