@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -127,12 +126,18 @@ class Engine:
             **options,
         )
 
-    @contextlib.asynccontextmanager
-    async def host_slot(self, host: str) -> AsyncIterator[None]:
-        """At most ``max_connections_per_host`` requests to one host at once, over all downloads."""
+    async def acquire_host_slot(self, host: str) -> Callable[[], None]:
+        """Wait for one of ``max_connections_per_host`` slots; returns its (idempotent) release."""
         slot = self._host_slots.setdefault(host, asyncio.Semaphore(self.max_per_host))
-        async with slot:
-            yield
+        await slot.acquire()
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                slot.release()
+        return release
 
     async def download(self, url: str | Sequence[str], dest: str | os.PathLike[str] = ".", *,
                        on_progress: Callable[[Progress], None] | None = None,
@@ -170,7 +175,10 @@ def download(url: str | Sequence[str], dest: str | os.PathLike[str] = ".", *,
 
     try:
         asyncio.get_running_loop()
+        in_loop = True
     except RuntimeError:
+        in_loop = False
+    if not in_loop:
         return asyncio.run(main())
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         return pool.submit(asyncio.run, main()).result()

@@ -4,6 +4,11 @@ The plan is a list of segments covering the missing bytes. A segment's ``end``
 may shrink while a connection works on it: when another connection runs out of
 work it takes over the far half of the largest remaining segment (SPEC rule 4),
 so one slow connection never holds up the end of a download.
+
+Two sizes bound the splitting: up-front pieces are at least ``min_segment``
+(a new request costs a round trip, so small files stay on one connection); a
+takeover may cut down to a quarter of that, because near the end a request's
+cost is small next to waiting for a slow connection.
 """
 
 from __future__ import annotations
@@ -62,7 +67,7 @@ class SegmentPlan:
         connection and is cut like the others (its connection stops at the new end).
         """
         while len(self.unfinished()) < parts:
-            if self.split_largest() is None:
+            if self.split_largest(self.min_segment) is None:
                 break
 
     def unfinished(self) -> list[Segment]:
@@ -74,18 +79,23 @@ class SegmentPlan:
             if not segment.busy and not segment.done:
                 segment.busy = True
                 return segment
-        taken = self.split_largest()
+        taken = self.split_largest(self.min_takeover)
         if taken is not None:
             taken.busy = True
         return taken
 
-    def split_largest(self) -> Segment | None:
-        """Split the unfinished segment with the most bytes left; None when all are too small."""
+    @property
+    def min_takeover(self) -> int:
+        return max(1, self.min_segment // 4)
+
+    def split_largest(self, minimum: int | None = None) -> Segment | None:
+        """Split the segment with the most bytes left, if both halves keep ``minimum`` bytes."""
+        minimum = self.min_segment if minimum is None else minimum
         candidates = self.unfinished()
         if not candidates:
             return None
         largest = max(candidates, key=lambda s: s.remaining)
-        if largest.remaining < 2 * self.min_segment:
+        if largest.remaining < 2 * minimum:
             return None
         middle = max(largest.pos, largest.received) + largest.remaining // 2
         tail = Segment(middle, largest.end, middle)

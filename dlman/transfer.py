@@ -14,7 +14,7 @@ import os
 import random
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -129,6 +129,7 @@ class Transfer:
         self.unsized: Segment | None = None   # the one stream of a download without a known size
         self.active = 0
         self.single_stream = False    # set after the server proved untrustworthy with ranges
+        self.refused_ranges = 0       # 416 answers so far: the first restarts, the next falls back
 
     # -- the whole download -----------------------------------------------------
     async def run(self) -> DownloadResult:
@@ -257,7 +258,7 @@ class Transfer:
         while True:
             try:
                 headers = {} if self.single_stream else {"Range": "bytes=0-"}
-                response = await self._send(self.url, headers)
+                response = await self._send_checked(self.url, headers)
                 if response.status_code in (200, 206):
                     return response
                 if response.status_code == 416 and not self.single_stream:
@@ -282,6 +283,9 @@ class Transfer:
         if response.status_code == 206:
             content_range = parse_content_range(response.headers.get("content-range"))
             if content_range is None or content_range.start != 0 or content_range.total is None:
+                if not self.single_stream:
+                    raise _Fallback(f"invalid Content-Range {response.headers.get('content-range')!r} "
+                                    "for bytes=0-")
                 raise ProtocolError(
                     f"{mask_url(self.url)}: the server answered a range with an invalid Content-Range "
                     f"({response.headers.get('content-range')!r})", url=self.url)
@@ -382,13 +386,13 @@ class Transfer:
         failures = 0
         while not segment.done:
             before = segment.pos
-            prefix = b""
             try:
                 if response is None:
                     response = await self._request_range(url, remote, segment)
-                    if segment.check_from is not None:
-                        prefix = await self._check_overlap(part, response, segment)
-                await self._receive(part, response, segment, prefix)
+                chunks = response.aiter_raw()
+                if segment.check_from is not None:
+                    chunks = await self._check_overlap(part, chunks, segment)
+                await self._receive(part, chunks, segment)
                 if not segment.done and segment.pos == before:
                     raise _Retryable("the server sent no bytes for the requested range")
             except _Retryable as why:
@@ -406,7 +410,7 @@ class Transfer:
         validator = remote.if_range() if url == self.url else remote.mirror_validators.get(url)
         if validator:
             headers["If-Range"] = validator
-        response = await self._send(url, headers)
+        response = await self._send_checked(url, headers)
         try:
             status = response.status_code
             if status == 206:
@@ -418,6 +422,9 @@ class Transfer:
                     raise _Restart("the remote file changed (If-Range answered with the whole file)")
                 raise _Fallback("the server answered a range request with the whole file")
             if status == 416:
+                self.refused_ranges += 1
+                if self.refused_ranges > 1:
+                    raise _Fallback("the server refused a range within the size it announced (HTTP 416)")
                 raise _Restart("the server refused the resume range (HTTP 416)")
             self._raise_for_status(response)
             raise ProtocolError(f"{mask_url(url)}: unexpected HTTP {status}", url=url)
@@ -446,12 +453,15 @@ class Transfer:
             if mirror_validator:
                 remote.mirror_validators[url] = mirror_validator
 
-    async def _check_overlap(self, part: PartFile, response: httpx.Response, segment: Segment) -> bytes:
-        """No validator to send: compare re-fetched bytes before the resume point with the disk."""
+    async def _check_overlap(self, part: PartFile, stream: AsyncIterator[bytes],
+                             segment: Segment) -> AsyncIterator[bytes]:
+        """No validator to send: compare re-fetched bytes before the resume point with the disk.
+
+        Returns the stream positioned at the resume point.
+        """
         assert segment.check_from is not None
         want = segment.start - segment.check_from
         got = bytearray()
-        stream = response.aiter_raw()
         try:
             async for chunk in stream:
                 got += chunk
@@ -465,10 +475,9 @@ class Transfer:
         if bytes(got[:want]) != on_disk:
             raise _Restart("the remote file changed (the bytes before the resume point differ)")
         segment.check_from = None
-        return bytes(got[want:])
+        return _prepend(bytes(got[want:]), stream)
 
-    async def _receive(self, part: PartFile, response: httpx.Response, segment: Segment,
-                       prefix: bytes = b"") -> None:
+    async def _receive(self, part: PartFile, source: AsyncIterator[bytes], segment: Segment) -> None:
         """Stream a response body into ``segment``: buffered, positioned, never past its end.
 
         ``pos`` advances only when a write has landed, so a failure or a cancel at
@@ -493,7 +502,6 @@ class Transfer:
 
         self.active += 1
         try:
-            source = _prepend(prefix, response.aiter_raw())
             async for chunk in source:
                 room = segment.end - segment.received
                 if len(chunk) >= room:
@@ -530,34 +538,44 @@ class Transfer:
 
     async def _stream_whole(self, part: PartFile, response: httpx.Response, segment: Segment) -> None:
         """One stream without usable ranges: after a failure it starts again from byte zero."""
+        expected = self.plan.size if self.plan is not None else None
         failures = 0
         while True:
             try:
-                await self._receive(part, response, segment)
-                if self.plan is None or segment.done:
+                await self._receive(part, response.aiter_raw(), segment)
+                if expected is None or segment.done:
                     return
-                raise _Retryable(f"the body ended after {segment.pos} of {self.plan.size} bytes")
+                raise _Retryable(f"the body ended after {segment.pos} of {expected} bytes")
             except _Retryable as why:
                 failures += 1
                 await self._backoff(failures, why)
-                segment.pos = segment.received = 0
-                response = await self._first_response()
-                if self._describe(response).size != (self.plan.size if self.plan else None):
-                    await response.aclose()
-                    raise _Restart("the remote size changed")
             finally:
                 await response.aclose()
+            segment.pos = segment.received = 0
+            response = await self._first_response()
+            if self._describe(response).size != expected:
+                await response.aclose()
+                raise _Restart("the remote size changed")
 
     # -- requests, statuses, retries --------------------------------------------------
     async def _send(self, url: str, headers: dict[str, str]) -> httpx.Response:
-        """Send one GET (streamed) through the shared client and this host's connection cap."""
+        """Send one GET (streamed); the host's connection slot is held until the response closes."""
         merged = httpx.Headers(self.headers)
         merged.update(headers)
         request = self.engine.client.build_request("GET", url, headers=merged)
         log.debug("GET %s %s", mask_url(url), headers.get("Range", ""))
+        release = await self.engine.acquire_host_slot(request.url.host)
         try:
-            async with self.engine.host_slot(request.url.host):
-                return await self.engine.client.send(request, stream=True)
+            response = await self.engine.client.send(request, stream=True)
+        except BaseException:
+            release()
+            raise
+        response.stream = _ReleasingStream(response.stream, release)  # type: ignore[arg-type]
+        return response
+
+    async def _send_checked(self, url: str, headers: dict[str, str]) -> httpx.Response:
+        try:
+            return await self._send(url, headers)
         except httpx.TooManyRedirects:
             raise NetworkError(f"{mask_url(url)}: too many redirects (more than 20)", url=url) from None
         except httpx.UnsupportedProtocol as exc:
@@ -616,6 +634,23 @@ class Transfer:
 _rng = random.Random()
 
 
+class _ReleasingStream(httpx.AsyncByteStream):
+    """A response body that gives back its host connection slot when closed."""
+
+    def __init__(self, inner: httpx.AsyncByteStream, release: Callable[[], None]) -> None:
+        self._inner = inner
+        self._release = release
+
+    def __aiter__(self):  # type: ignore[no-untyped-def]
+        return self._inner.__aiter__()
+
+    async def aclose(self) -> None:
+        try:
+            await self._inner.aclose()
+        finally:
+            self._release()
+
+
 class _Stalled(Exception):
     pass
 
@@ -643,7 +678,7 @@ async def _write(part: PartFile, segment: Segment, offset: int, chunks: list[byt
     segment.pos = offset + sum(len(c) for c in chunks)
 
 
-async def _prepend(prefix: bytes, stream):  # type: ignore[no-untyped-def]
+async def _prepend(prefix: bytes, stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     if prefix:
         yield prefix
     async for chunk in stream:

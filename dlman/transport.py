@@ -1,0 +1,426 @@
+"""A fast byte-mover for httpx: an httpcore network backend on asyncio's own transports.
+
+Why: on a fast link a Python downloader is CPU-bound, and httpcore's default backend goes
+through anyio, whose TLS runs in Python over ``ssl.MemoryBIO``. asyncio's transports do
+the socket I/O and (on 3.11+) TLS record handling with far less Python per byte, and a
+protocol that buffers whatever arrives lets each ``read()`` hand httpcore a full 64 KiB.
+
+Errors are raised as httpcore's exceptions, exactly as the anyio backend does, so httpx
+maps them to ``httpx.ConnectError`` / ``httpx.ReadTimeout`` / ... and dlman's retry logic
+sees the same exception types whichever backend is in use.
+
+Only for asyncio event loops (not trio), and only without proxies: a custom ``transport=``
+disables httpx's environment proxies, so the engine uses :func:`make_transport` only when
+no proxy variables apply (and :func:`native_backend_available` says the interfaces match).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import select
+import socket
+import ssl
+import sys
+import typing
+
+import httpcore
+import httpx
+
+__all__ = [
+    "AsyncioBackend",
+    "AsyncioStream",
+    "make_transport",
+    "native_backend_available",
+]
+
+# Back-pressure: stop reading from the socket once this much is buffered and unread, and
+# start again when the consumer has drained it below the low-water mark. Big enough that
+# a steady reader never stalls the socket, small enough that a slow one costs ~1 MiB.
+HIGH_WATER = 1024 * 1024
+LOW_WATER = 256 * 1024
+
+_SocketOption = typing.Union[
+    typing.Tuple[int, int, int],
+    typing.Tuple[int, int, typing.Union[bytes, bytearray]],
+    typing.Tuple[int, int, None, int],
+]
+_ExcType = typing.Type[Exception]
+
+
+def _expire(waiter: asyncio.Future[None], exc_type: _ExcType, message: str) -> None:
+    """Timer callback: fail a pending wait with the httpcore timeout exception."""
+    if not waiter.done():
+        waiter.set_exception(exc_type(message))
+
+
+class _Protocol(asyncio.Protocol):
+    """Accumulates received bytes in one bytearray so reads can return large slices."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.eof = False  # the peer finished sending
+        self.lost = False  # connection_lost() was called
+        self.exc: BaseException | None = None  # why it was lost, if by error
+        self.reading_paused = False
+        self.writing_paused = False
+        self._read_waiter: asyncio.Future[None] | None = None
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._lost_waiter: asyncio.Future[None] | None = None
+
+    # -- asyncio callbacks -------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = typing.cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self.buffer
+        buffer += data
+        if len(buffer) > HIGH_WATER and not self.reading_paused and self.transport:
+            self.reading_paused = True
+            self.transport.pause_reading()
+        self._wake(self._read_waiter)
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        self._wake(self._read_waiter)
+        return False  # let the transport close itself; httpcore never half-closes
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.exc = exc
+        self._wake(self._read_waiter)
+        self._wake(self._drain_waiter)
+        self._wake(self._lost_waiter)
+
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        self._wake(self._drain_waiter)
+
+    # -- helpers for the stream --------------------------------------------------------
+    @staticmethod
+    def _wake(waiter: asyncio.Future[None] | None) -> None:
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait(self, which: str, timeout: float | None, exc_type: _ExcType) -> None:
+        """Wait for a wake-up on ``which`` waiter; after ``timeout`` raise ``exc_type``.
+
+        A bare future plus ``call_later`` is much cheaper than ``asyncio.wait_for``, and
+        this sits on the hot path whenever the buffer runs dry.
+        """
+        waiter: asyncio.Future[None] = self.loop.create_future()
+        setattr(self, which, waiter)
+        timer = None
+        if timeout is not None:
+            timer = self.loop.call_later(
+                max(timeout, 0.0), _expire, waiter, exc_type, "timed out"
+            )
+        try:
+            await waiter
+        finally:
+            setattr(self, which, None)
+            if timer is not None:
+                timer.cancel()
+
+    def take(self, max_bytes: int) -> bytes:
+        """Remove and return up to ``max_bytes`` buffered bytes (never more)."""
+        buffer = self.buffer
+        if len(buffer) <= max_bytes:
+            data = bytes(buffer)
+            del buffer[:]
+        else:
+            with memoryview(buffer) as view:
+                data = bytes(view[:max_bytes])
+            del buffer[:max_bytes]  # O(1): CPython advances the start of a bytearray
+        if self.reading_paused and len(buffer) <= LOW_WATER:
+            self.reading_paused = False
+            if self.transport is not None and not self.lost:
+                self.transport.resume_reading()
+        return data
+
+
+def _socket_readable(sock: typing.Any) -> bool:
+    """True if a recv() on ``sock`` would not block (data or EOF waits in the kernel)."""
+    try:
+        fd = sock.fileno()
+    except (AttributeError, OSError):
+        return True
+    if fd < 0:
+        return True
+    if sys.platform == "win32" or not hasattr(select, "poll"):
+        readable, _, _ = select.select([fd], [], [], 0)
+        return bool(readable)
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+class AsyncioStream(httpcore.AsyncNetworkStream):
+    """One TCP (optionally TLS) connection, as httpcore's connections expect it."""
+
+    def __init__(self, transport: asyncio.Transport, protocol: _Protocol) -> None:
+        self._protocol = protocol
+        self._transport = transport  # the TLS transport after start_tls
+        self._raw_transport = transport  # always the TCP one
+        self._closed = False
+        self._tls = False
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes received but not yet read (for tests and diagnostics)."""
+        return len(self._protocol.buffer)
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        protocol = self._protocol
+        if not protocol.buffer and not protocol.eof and not protocol.lost:
+            if self._closed:
+                raise httpcore.ReadError("read from a closed connection")
+            await protocol.wait("_read_waiter", timeout, httpcore.ReadTimeout)
+        if protocol.buffer:
+            # Bytes that arrived before an error or EOF are delivered first.
+            return protocol.take(max_bytes)
+        if protocol.exc is not None:
+            raise httpcore.ReadError(str(protocol.exc) or repr(protocol.exc)) from protocol.exc
+        if self._closed:
+            raise httpcore.ReadError("read from a closed connection")
+        return b""
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        if not buffer:
+            return
+        protocol = self._protocol
+        if self._closed or protocol.lost:
+            raise httpcore.WriteError(self._lost_message("write to a closed connection"))
+        try:
+            self._transport.write(buffer)
+        except (OSError, RuntimeError) as exc:
+            raise httpcore.WriteError(str(exc)) from exc
+        if protocol.writing_paused and not protocol.lost:
+            # The kernel and transport buffers are full: wait for them to drain.
+            await protocol.wait("_drain_waiter", timeout, httpcore.WriteTimeout)
+            if protocol.lost:
+                raise httpcore.WriteError(
+                    self._lost_message("connection closed while writing")
+                ) from protocol.exc
+
+    def _lost_message(self, default: str) -> str:
+        exc = self._protocol.exc
+        return (str(exc) or repr(exc)) if exc is not None else default
+
+    async def aclose(self) -> None:
+        """Close the socket now, as the anyio backend does.
+
+        httpcore awaits every write, so nothing useful is left unsent here; a graceful
+        close would wait on the peer (TLS close_notify, or a flush to a peer that stopped
+        reading after a WriteTimeout) and could pin the socket.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        protocol = self._protocol
+        if protocol.lost:
+            return
+        try:
+            self._transport.abort()
+        except RuntimeError:  # pragma: no cover - the event loop is already closed
+            return
+        # The socket is closed in a callback a loop turn or two later; wait for it so
+        # that a loop shut down right after this does not leak the file descriptor.
+        if not protocol.lost:
+            try:
+                await protocol.wait("_lost_waiter", 1.0, TimeoutError)
+            except TimeoutError:  # pragma: no cover - the loop is wedged
+                pass
+
+    async def _abandon_handshake(self) -> None:
+        """After a failed start_tls: the TCP transport now belongs to asyncio's SSL
+        protocol (ours never hears connection_lost), so close it and let it finish."""
+        self._closed = True
+        self._raw_transport.abort()
+        await asyncio.sleep(0)  # runs the close callback already scheduled
+
+    async def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        loop = self._protocol.loop
+        try:
+            tls_transport = await asyncio.wait_for(
+                loop.start_tls(
+                    self._transport,
+                    self._protocol,
+                    ssl_context,
+                    server_hostname=server_hostname,
+                ),
+                timeout,
+            )
+        except asyncio.TimeoutError as exc:
+            await self._abandon_handshake()
+            raise httpcore.ConnectTimeout("TLS handshake timed out") from exc
+        except (OSError, EOFError) as exc:  # ssl.SSLError is an OSError
+            await self._abandon_handshake()
+            raise httpcore.ConnectError(str(exc) or repr(exc)) from exc
+        if tls_transport is None:  # pragma: no cover - the peer closed mid-handshake
+            await self._abandon_handshake()
+            raise httpcore.ConnectError("connection closed during the TLS handshake")
+        self._protocol.transport = tls_transport  # type: ignore[assignment]
+        self._transport = tls_transport  # type: ignore[assignment]
+        self._tls = True
+        return self
+
+    def get_extra_info(self, info: str) -> typing.Any:
+        raw = self._raw_transport
+        if info == "ssl_object":
+            return self._transport.get_extra_info("ssl_object") if self._tls else None
+        if info == "client_addr":
+            return raw.get_extra_info("sockname")
+        if info == "server_addr":
+            return raw.get_extra_info("peername")
+        if info == "socket":
+            return raw.get_extra_info("socket")
+        if info == "is_readable":
+            # The pool asks this of idle connections: readable means the server sent
+            # something unasked, in practice that it closed the connection.
+            protocol = self._protocol
+            if protocol.buffer or protocol.eof or protocol.lost or self._closed:
+                return True
+            return _socket_readable(raw.get_extra_info("socket"))
+        return None
+
+
+class AsyncioBackend(httpcore.AsyncNetworkBackend):
+    """Opens :class:`AsyncioStream` connections with ``loop.create_connection``."""
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: typing.Iterable[_SocketOption] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        loop = asyncio.get_running_loop()
+        local_addr = (local_address, 0) if local_address else None
+        connect = loop.create_connection(
+            lambda: _Protocol(loop), host, port, local_addr=local_addr
+        )
+        return await self._finish_connect(connect, timeout, socket_options, tcp=True)
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: typing.Iterable[_SocketOption] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        loop = asyncio.get_running_loop()
+        connect = loop.create_unix_connection(lambda: _Protocol(loop), path)
+        return await self._finish_connect(connect, timeout, socket_options, tcp=False)
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+    @staticmethod
+    async def _finish_connect(
+        connect: typing.Awaitable[tuple[asyncio.BaseTransport, asyncio.BaseProtocol]],
+        timeout: float | None,
+        socket_options: typing.Iterable[_SocketOption] | None,
+        *,
+        tcp: bool,
+    ) -> AsyncioStream:
+        """Await the connection, mapping failures the way httpcore's anyio backend does."""
+        try:
+            transport, protocol = await asyncio.wait_for(connect, timeout)
+        except asyncio.TimeoutError as exc:
+            raise httpcore.ConnectTimeout("connection attempt timed out") from exc
+        except OSError as exc:
+            raise httpcore.ConnectError(str(exc) or repr(exc)) from exc
+        transport = typing.cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        protocol = typing.cast(_Protocol, protocol)
+        try:
+            sock = transport.get_extra_info("socket")
+            if tcp and sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+                # asyncio sets this already; say it here too, as httpcore does.
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            for option in socket_options or ():
+                sock.setsockopt(*option)
+        except OSError as exc:
+            transport.abort()
+            raise httpcore.ConnectError(str(exc) or repr(exc)) from exc
+        return AsyncioStream(transport, protocol)
+
+
+@functools.lru_cache(maxsize=None)
+def native_backend_available() -> bool:
+    """Whether httpcore/httpx look as this module expects (else use the default transport).
+
+    Checks the names and parameters relied on, so a future httpcore that changes them
+    makes dlman fall back rather than fail mid-download.
+    """
+    try:
+        for name in (
+            "AsyncNetworkBackend", "AsyncNetworkStream", "AsyncConnectionPool",
+            "ConnectError", "ConnectTimeout", "ReadError", "ReadTimeout",
+            "WriteError", "WriteTimeout",
+        ):
+            if not hasattr(httpcore, name):
+                return False
+        for method in ("read", "write", "aclose", "start_tls", "get_extra_info"):
+            if not callable(getattr(httpcore.AsyncNetworkStream, method, None)):
+                return False
+        for method in ("connect_tcp", "connect_unix_socket", "sleep"):
+            if not callable(getattr(httpcore.AsyncNetworkBackend, method, None)):
+                return False
+        params = inspect.signature(httpcore.AsyncConnectionPool).parameters
+        needed = {
+            "ssl_context", "max_connections", "max_keepalive_connections",
+            "keepalive_expiry", "http1", "http2", "retries", "network_backend",
+        }
+        if not needed <= set(params):
+            return False
+        probe = httpx.AsyncHTTPTransport(verify=False)  # verify=False: skips loading CAs
+        return isinstance(getattr(probe, "_pool", None), httpcore.AsyncConnectionPool)
+    except Exception:  # pragma: no cover - anything odd means "don't use it"
+        return False
+
+
+def make_transport(
+    *,
+    verify: bool | ssl.SSLContext = True,
+    http2: bool = False,
+    limits: httpx.Limits,
+    retries: int = 0,
+    trust_env: bool = True,
+) -> httpx.AsyncBaseTransport:
+    """An ``httpx.AsyncHTTPTransport`` whose pool moves bytes with :class:`AsyncioBackend`.
+
+    Configured as ``httpx.AsyncHTTPTransport(verify=..., http2=..., limits=..., retries=...,
+    trust_env=...)`` would be (same SSL context rules, SSL_CERT_FILE/SSL_CERT_DIR when
+    ``trust_env``); only the network backend differs. Falls back to the plain transport if
+    :func:`native_backend_available` is False.
+    """
+    # Built once and shared, so certifi's bundle is parsed once per transport.
+    ssl_context = httpx.create_ssl_context(verify=verify, trust_env=trust_env)
+    transport = httpx.AsyncHTTPTransport(
+        verify=ssl_context, http2=http2, limits=limits, retries=retries, trust_env=trust_env
+    )
+    if not native_backend_available():
+        return transport
+    transport._pool = httpcore.AsyncConnectionPool(
+        ssl_context=ssl_context,
+        max_connections=limits.max_connections,
+        max_keepalive_connections=limits.max_keepalive_connections,
+        keepalive_expiry=limits.keepalive_expiry,
+        http1=True,
+        http2=http2,
+        retries=retries,
+        network_backend=AsyncioBackend(),
+    )
+    return transport

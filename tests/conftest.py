@@ -1,0 +1,32 @@
+"""Shared fixtures: local fault-injecting servers and deterministic test data.
+
+Kept small on purpose; test modules add their own fixtures next to their tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from faultserver import FaultServer, make_data as _make_data
+
+
+@pytest.fixture
+def server() -> Iterator[FaultServer]:
+    """A started FaultServer on 127.0.0.1, stopped (all connections closed) after the test."""
+    with FaultServer() as srv:
+        yield srv
+
+
+@pytest.fixture
+def server2() -> Iterator[FaultServer]:
+    """A second, independent origin: a different port, for cross-origin redirects and mirrors."""
+    with FaultServer() as srv:
+        yield srv
+
+
+@pytest.fixture(scope="session")
+def make_data() -> Callable[..., bytes]:
+    """``make_data(size, seed=0)``: deterministic random bytes, the same for the same seed."""
+    return _make_data

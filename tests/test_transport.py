@@ -1,0 +1,442 @@
+"""Tests for dlman.transport: the asyncio network backend must move the same bytes as
+httpx's default one and fail with the same httpx exceptions, or dlman's retries break.
+
+Servers are tiny blocking socket servers in threads on 127.0.0.1, started here, so the
+tests depend on nothing but httpx, h2 and trustme.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+import ssl
+import struct
+import threading
+import time
+import typing
+
+import httpx
+import pytest
+
+from dlman import transport as tr
+
+DATA = random.Random(20240601).randbytes(8 * 1024 * 1024)
+BIG = DATA * 4  # 32 MiB for the back-pressure test
+LIMITS = httpx.Limits(max_connections=10, max_keepalive_connections=10, keepalive_expiry=5)
+
+Handler = typing.Callable[[socket.socket, "Server"], None]
+
+
+class Server:
+    """Accepts connections in a thread and runs ``handler(conn, server)`` in one per conn."""
+
+    def __init__(self, handler: Handler, ssl_context: ssl.SSLContext | None = None) -> None:
+        self.handler = handler
+        self.ssl_context = ssl_context
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        self.stop = threading.Event()
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with self._lock:
+                self.connections += 1
+            threading.Thread(target=self._run, args=(conn,), daemon=True).start()
+
+    def _run(self, conn: socket.socket) -> None:
+        try:
+            if self.ssl_context is not None:
+                conn = self.ssl_context.wrap_socket(conn, server_side=True)
+            self.handler(conn, self)
+        except (OSError, ssl.SSLError):
+            pass
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.sock.close()
+
+    def url(self, path: str, scheme: str = "http") -> str:
+        return f"{scheme}://127.0.0.1:{self.port}{path}"
+
+
+def read_request(conn: socket.socket, pending: bytearray) -> str | None:
+    """Read one request head from ``conn``; return its path, or None at EOF."""
+    while b"\r\n\r\n" not in pending:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return None
+        pending += chunk
+    head, _, rest = bytes(pending).partition(b"\r\n\r\n")
+    pending[:] = rest
+    return head.split(b" ", 2)[1].decode()
+
+
+def send_head(conn: socket.socket, headers: dict[str, str], status: str = "200 OK") -> None:
+    lines = [f"HTTP/1.1 {status}"] + [f"{k}: {v}" for k, v in headers.items()]
+    conn.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+
+
+def http_handler(conn: socket.socket, server: Server) -> None:
+    """Keep-alive HTTP/1.1 server; the path picks the behaviour under test."""
+    pending = bytearray()
+    while True:
+        path = read_request(conn, pending)
+        if path is None:
+            return
+        name, _, arg = path.strip("/").partition("/")
+        if name == "bytes":  # /bytes/N: the first N bytes of DATA (or BIG)
+            body = (BIG if int(arg) > len(DATA) else DATA)[: int(arg)]
+            send_head(conn, {"Content-Length": str(len(body))})
+            view = memoryview(body)
+            for start in range(0, len(body), 1 << 20):
+                conn.sendall(view[start : start + (1 << 20)])
+        elif name == "chunked":  # DATA in chunks of irregular sizes
+            send_head(conn, {"Transfer-Encoding": "chunked"})
+            rng, pos = random.Random(7), 0
+            while pos < len(DATA):
+                piece = DATA[pos : pos + rng.randint(1, 50_000)]
+                pos += len(piece)
+                conn.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
+            conn.sendall(b"0\r\n\r\n")
+        elif name == "eof":  # no length, no chunking: the body ends when the server closes
+            send_head(conn, {"Connection": "close"})
+            conn.sendall(DATA)
+            return
+        elif name == "once":  # answers, then closes the idle keep-alive connection
+            send_head(conn, {"Content-Length": "5"})
+            conn.sendall(b"hello")
+            return
+        elif name == "stall":  # head and some body, then silence
+            send_head(conn, {"Content-Length": str(len(DATA))})
+            conn.sendall(DATA[:1000])
+            server.stop.wait(10)
+            return
+        elif name in ("cut", "reset"):  # promises all of DATA, sends part, then FIN / RST
+            send_head(conn, {"Content-Length": str(len(DATA))})
+            conn.sendall(DATA[: 300_000 + 7])
+            time.sleep(0.05)
+            if name == "reset":
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            return
+        else:
+            send_head(conn, {"Content-Length": "0"}, "404 Not Found")
+
+
+@pytest.fixture()
+def server() -> typing.Iterator[Server]:
+    srv = Server(http_handler)
+    yield srv
+    srv.close()
+
+
+@pytest.fixture(scope="module")
+def ca() -> typing.Any:
+    trustme = pytest.importorskip("trustme")
+    return trustme.CA()
+
+
+def server_tls_context(ca: typing.Any, alpn: list[str]) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1", "localhost").configure_cert(ctx)
+    ctx.set_alpn_protocols(alpn)
+    return ctx
+
+
+def client_tls_context(ca: typing.Any) -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    ca.configure_trust(ctx)
+    return ctx
+
+
+def client(**kwargs: typing.Any) -> httpx.AsyncClient:
+    timeout = kwargs.pop("timeout", 5.0)
+    kwargs.setdefault("limits", LIMITS)
+    kwargs.setdefault("trust_env", False)
+    return httpx.AsyncClient(transport=tr.make_transport(**kwargs), timeout=timeout)
+
+
+async def fetch(c: httpx.AsyncClient, url: str) -> bytes:
+    async with c.stream("GET", url) as response:
+        assert response.status_code == 200
+        return b"".join([chunk async for chunk in response.aiter_raw()])
+
+
+def test_available_and_transport_type() -> None:
+    assert tr.native_backend_available()
+    transport = tr.make_transport(limits=LIMITS)
+    assert isinstance(transport, httpx.AsyncHTTPTransport)
+    assert isinstance(transport._pool._network_backend, tr.AsyncioBackend)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("path, expected", [
+    ("/bytes/65536", DATA[:65536]),
+    ("/bytes/8388608", DATA),
+    ("/chunked", DATA),
+    ("/eof", DATA),
+])
+def test_http11_bodies_identical(server: Server, path: str, expected: bytes) -> None:
+    async def main() -> bytes:
+        async with client() as c:
+            return await fetch(c, server.url(path))
+
+    body = asyncio.run(main())
+    assert len(body) == len(expected) and body == expected
+
+
+def test_keepalive_reuses_one_connection(server: Server) -> None:
+    async def main() -> None:
+        async with client() as c:
+            assert await fetch(c, server.url("/bytes/1000")) == DATA[:1000]
+            assert await fetch(c, server.url("/bytes/2000")) == DATA[:2000]
+
+    asyncio.run(main())
+    assert server.connections == 1
+
+
+def test_idle_connection_closed_by_server_is_not_reused(server: Server) -> None:
+    """is_readable lets the pool notice the server hung up on an idle connection."""
+    async def main() -> None:
+        async with client() as c:
+            assert await fetch(c, server.url("/once")) == b"hello"
+            await asyncio.sleep(0.2)
+            assert await fetch(c, server.url("/once")) == b"hello"
+
+    asyncio.run(main())
+    assert server.connections == 2
+
+
+def test_read_timeout(server: Server) -> None:
+    async def main() -> bytes:
+        got = bytearray()
+        async with client(timeout=httpx.Timeout(5.0, read=0.3)) as c:
+            async with c.stream("GET", server.url("/stall")) as response:
+                async for chunk in response.aiter_raw():
+                    got += chunk
+        return bytes(got)
+
+    started = time.monotonic()
+    with pytest.raises(httpx.ReadTimeout):
+        asyncio.run(main())
+    assert time.monotonic() - started < 3
+
+
+def test_connect_to_closed_port() -> None:
+    probe = socket.create_server(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+
+    async def main() -> None:
+        async with client() as c:
+            await c.get(f"http://127.0.0.1:{port}/")
+
+    with pytest.raises(httpx.ConnectError):
+        asyncio.run(main())
+
+
+@pytest.mark.parametrize("path", ["/cut", "/reset"])
+def test_cut_mid_body_keeps_the_prefix(server: Server, path: str) -> None:
+    got = bytearray()
+
+    async def main() -> None:
+        async with client() as c:
+            async with c.stream("GET", server.url(path)) as response:
+                async for chunk in response.aiter_raw():
+                    got.extend(chunk)
+
+    with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)):
+        asyncio.run(main())
+    assert 0 < len(got) < len(DATA)
+    assert bytes(got) == DATA[: len(got)]
+    if path == "/cut":  # an orderly FIN delivers everything sent before it
+        assert len(got) == 300_007
+
+
+def test_stream_read_eof_and_is_readable() -> None:
+    """Below httpx: data then b"" after the peer closes; is_readable flips on close."""
+    release = threading.Event()
+
+    def handler(conn: socket.socket, srv: Server) -> None:
+        conn.sendall(b"abc")
+        release.wait(5)
+
+    srv = Server(handler)
+
+    async def main() -> None:
+        stream = await tr.AsyncioBackend().connect_tcp("127.0.0.1", srv.port, timeout=2)
+        assert await stream.read(2, timeout=2) == b"ab"  # never more than asked
+        assert await stream.read(65536, timeout=2) == b"c"
+        assert stream.get_extra_info("is_readable") is False
+        assert stream.get_extra_info("ssl_object") is None
+        assert stream.get_extra_info("server_addr")[1] == srv.port
+        sock = stream.get_extra_info("socket")
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        import httpcore
+
+        with pytest.raises(httpcore.ReadTimeout):
+            await stream.read(10, timeout=0.05)
+        release.set()
+        assert await stream.read(10, timeout=2) == b""
+        assert stream.get_extra_info("is_readable") is True
+        await stream.aclose()
+        with pytest.raises(httpcore.WriteError):
+            await stream.write(b"x")
+
+    try:
+        asyncio.run(main())
+    finally:
+        srv.close()
+
+
+def test_https_verified_unknown_ca_and_insecure(ca: typing.Any) -> None:
+    srv = Server(http_handler, server_tls_context(ca, ["http/1.1"]))
+
+    async def main() -> None:
+        async with client(verify=client_tls_context(ca)) as c:
+            assert await fetch(c, srv.url("/bytes/8388608", "https")) == DATA
+            assert await fetch(c, srv.url("/chunked", "https")) == DATA
+        async with client(verify=True) as c:  # certifi's roots: the test CA is unknown
+            with pytest.raises(httpx.ConnectError):
+                await c.get(srv.url("/bytes/10", "https"))
+        async with client(verify=False) as c:
+            assert await fetch(c, srv.url("/bytes/65536", "https")) == DATA[:65536]
+
+    try:
+        asyncio.run(main())
+    finally:
+        srv.close()
+
+
+def test_https_cut_mid_body(ca: typing.Any) -> None:
+    srv = Server(http_handler, server_tls_context(ca, ["http/1.1"]))
+    got = bytearray()
+
+    async def main() -> None:
+        async with client(verify=client_tls_context(ca)) as c:
+            async with c.stream("GET", srv.url("/cut", "https")) as response:
+                async for chunk in response.aiter_raw():
+                    got.extend(chunk)
+
+    try:
+        with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)):
+            asyncio.run(main())
+    finally:
+        srv.close()
+    assert 0 < len(got) < len(DATA) and bytes(got) == DATA[: len(got)]
+
+
+def h2_handler(conn: socket.socket, server: Server) -> None:
+    """A minimal HTTP/2 server: every request gets the first 40000 bytes of DATA."""
+    from h2.config import H2Configuration
+    from h2.connection import H2Connection
+    from h2.events import RequestReceived
+
+    assert isinstance(conn, ssl.SSLSocket) and conn.selected_alpn_protocol() == "h2"
+    h2c = H2Connection(H2Configuration(client_side=False))
+    h2c.initiate_connection()
+    conn.sendall(h2c.data_to_send())
+    body = DATA[:40000]  # fits the initial 65535-byte flow-control window
+    while True:
+        data = conn.recv(65536)
+        if not data:
+            return
+        for event in h2c.receive_data(data):
+            if isinstance(event, RequestReceived):
+                h2c.send_headers(
+                    event.stream_id, [(":status", "200"), ("content-length", str(len(body)))]
+                )
+                for start in range(0, len(body), 16384):
+                    last = start + 16384 >= len(body)
+                    h2c.send_data(event.stream_id, body[start : start + 16384], end_stream=last)
+        conn.sendall(h2c.data_to_send())
+
+
+def test_http2_over_tls_negotiates_h2(ca: typing.Any) -> None:
+    pytest.importorskip("h2")
+    srv = Server(h2_handler, server_tls_context(ca, ["h2", "http/1.1"]))
+
+    async def main() -> None:
+        async with client(verify=client_tls_context(ca), http2=True) as c:
+            for _ in range(2):
+                response = await c.get(srv.url("/x", "https"))
+                assert response.http_version == "HTTP/2"
+                assert response.content == DATA[:40000]
+
+    try:
+        asyncio.run(main())
+    finally:
+        srv.close()
+    assert srv.connections == 1
+
+
+@pytest.mark.parametrize("tls", [False, True])
+def test_backpressure_bounds_the_buffer(server: Server, ca: typing.Any, tls: bool) -> None:
+    """A slow consumer must not let a fast sender fill memory: the protocol pauses."""
+    srv = Server(http_handler, server_tls_context(ca, ["http/1.1"])) if tls else server
+    peak = 0
+    got = bytearray()
+
+    async def main() -> None:
+        nonlocal peak
+        kwargs: dict[str, typing.Any] = {"verify": client_tls_context(ca)} if tls else {}
+        async with client(**kwargs) as c:
+            url = srv.url(f"/bytes/{len(BIG)}", "https" if tls else "http")
+            async with c.stream("GET", url) as response:
+                stream = response.extensions["network_stream"]
+                async for chunk in response.aiter_raw():
+                    got.extend(chunk)
+                    peak = max(peak, stream.buffered_bytes)
+                    await asyncio.sleep(0.0005)
+
+    try:
+        asyncio.run(main())
+    finally:
+        if tls:
+            srv.close()
+    assert bytes(got) == BIG
+    # Paused above HIGH_WATER; at most one more socket read (256 KiB) can land on top.
+    assert tr.HIGH_WATER <= peak + 256 * 1024
+    assert peak <= tr.HIGH_WATER + 512 * 1024
+
+
+def test_write_timeout_when_peer_does_not_read() -> None:
+    """A peer that never reads fills the buffers; write() waits, then WriteTimeout."""
+    import httpcore
+
+    srv = Server(lambda conn, s: s.stop.wait(10))
+
+    async def main() -> None:
+        stream = await tr.AsyncioBackend().connect_tcp("127.0.0.1", srv.port, timeout=2)
+        try:
+            with pytest.raises(httpcore.WriteTimeout):
+                await stream.write(b"x" * (64 << 20), timeout=0.2)
+        finally:
+            await stream.aclose()
+
+    try:
+        asyncio.run(main())
+    finally:
+        srv.close()
+
+
+def test_tls_handshake_timeout_is_connect_timeout() -> None:
+    srv = Server(lambda conn, s: s.stop.wait(10))  # accepts TCP, never speaks TLS
+
+    async def main() -> None:
+        async with client(timeout=httpx.Timeout(5.0, connect=0.3)) as c:
+            await c.get(srv.url("/", "https"))
+
+    try:
+        with pytest.raises(httpx.ConnectTimeout):
+            asyncio.run(main())
+    finally:
+        srv.close()
