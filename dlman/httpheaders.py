@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from urllib.parse import unquote
 
-_CONTENT_RANGE = re.compile(r"^\s*bytes\s+(?:(\d+)-(\d+)|\*)\s*/\s*(\d+|\*)\s*$", re.IGNORECASE)
+_CONTENT_RANGE = re.compile(r"^\s*bytes\s+(?:([0-9]+)-([0-9]+)|\*)\s*/\s*([0-9]+|\*)\s*$", re.IGNORECASE)
+_MAX_DIGITS = 20          # beyond any real file size; keeps int() cheap and bounded
+MAX_RETRY_AFTER = 86400.0
 
 
 @dataclass(frozen=True)
@@ -39,9 +41,11 @@ def parse_content_range(value: str | None) -> ContentRange | None:
     if not match:
         return None
     start_text, end_text, total_text = match.groups()
+    if any(text is not None and len(text) > _MAX_DIGITS for text in match.groups()):
+        return None
     total = None if total_text == "*" else int(total_text)
     if start_text is None:
-        return ContentRange(None, None, total)
+        return None if total is None else ContentRange(None, None, total)
     start, end = int(start_text), int(end_text)
     if end < start or (total is not None and end >= total):
         return None
@@ -53,8 +57,9 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
     if value is None:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(int(value))
+    if value.isascii() and value.isdigit():
+        return float(min(int(value[:_MAX_DIGITS]) if len(value) <= _MAX_DIGITS else MAX_RETRY_AFTER,
+                         MAX_RETRY_AFTER))
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError, OverflowError):

@@ -14,7 +14,7 @@ DEFAULT_NAME = "index.html"
 PART_SUFFIX = ".part"
 STATE_SUFFIX = ".part.state"
 _MAX_NAME_BYTES = 240  # leaves room for ".part.state" under the usual 255-byte limit
-_UNSAFE = re.compile(r'[\x00-\x1f\x7f/\\]')
+_UNSAFE = re.compile(r'[\x00-\x1f\x7f-\x9f/\\]')
 
 
 def sanitise_name(name: str | None) -> str | None:

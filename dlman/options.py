@@ -15,7 +15,7 @@ from dlman.errors import InvalidInputError
 MIN_CONNECTIONS = 1
 MAX_CONNECTIONS = 64
 
-_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgG]?)(?:i?[bB])?(?:/s)?\s*$")
+_RATE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([kKmMgG]?)(?:i?[bB])?(?:/s)?\s*$")
 _UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 
@@ -34,7 +34,10 @@ def parse_rate(text: str | int | None) -> int | None:
     match = _RATE.match(text)
     if not match:
         raise InvalidInputError(f"invalid rate {text!r}: use a number with an optional K, M or G suffix")
-    value = int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+    number = float(match.group(1)) * _UNITS[match.group(2).lower()]
+    if not 0 < number < 1 << 62:
+        raise InvalidInputError(f"rate {text!r} is out of range")
+    value = int(number)
     if value <= 0:
         raise InvalidInputError(f"rate must be positive, got {text!r}")
     return value
@@ -83,11 +86,13 @@ def mask_header(text: str) -> str:
 
 def mask_url(url: str) -> str:
     """The URL with any ``user:password@`` part replaced, for messages and listings."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
+    scheme, sep, rest = url.partition("://")
+    if not sep:
         return url
-    host = parts.netloc.rsplit("@", 1)[1]
-    return parts._replace(netloc=f"***@{host}").geturl()
+    authority, slash, path = rest.partition("/")
+    if "@" not in authority:
+        return url
+    return f"{scheme}://***@{authority.rsplit('@', 1)[1]}{slash}{path}"
 
 
 def check_url(url: str) -> str:
@@ -115,7 +120,7 @@ def check_urls(urls: str | Sequence[str]) -> list[str]:
 
 def check_connections(value: int) -> int:
     """A connection count within the 1..64 the SPEC allows."""
-    if not isinstance(value, int) or not MIN_CONNECTIONS <= value <= MAX_CONNECTIONS:
+    if type(value) is not int or not MIN_CONNECTIONS <= value <= MAX_CONNECTIONS:
         raise InvalidInputError(
             f"connections must be between {MIN_CONNECTIONS} and {MAX_CONNECTIONS}, got {value!r}"
         )

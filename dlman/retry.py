@@ -44,7 +44,7 @@ class RetryPolicy:
         """Seconds to wait before attempt number ``failures + 1`` (``failures`` >= 1)."""
         if retry_after is not None:
             return min(max(0.0, retry_after), self.max_retry_after)
-        ceiling = min(self.cap, self.base * (2 ** max(0, failures - 1)))
+        ceiling = min(self.cap, self.base * (2 ** min(max(0, failures - 1), 62)))
         jitter = (rng or random).uniform(0.5, 1.0)
         return ceiling * jitter
 

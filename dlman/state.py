@@ -51,9 +51,10 @@ class ResumeState:
     def decode(cls, data: bytes) -> "ResumeState":
         try:
             raw = json.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise StateError(f"unreadable state: {exc}") from None
-        if not isinstance(raw, dict) or raw.get("version") != STATE_VERSION:
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError too
+            raise StateError(f"unreadable state: {str(exc)[:100]}") from None
+        version = raw.get("version") if isinstance(raw, dict) else None
+        if type(version) is not int or version != STATE_VERSION:
             raise StateError("unknown state format")
         url, size = raw.get("url"), raw.get("size")
         etag, modified = raw.get("etag"), raw.get("last_modified")

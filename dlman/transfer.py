@@ -49,7 +49,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dlman")
 
-FLUSH_BYTES = 1 << 20          # buffer per connection before one positioned write
+WRITE_BUDGET = 8 << 20         # bytes buffered for writing per download, shared by its connections
+MIN_FLUSH, FLUSH_BYTES = 256 << 10, 1 << 20   # smallest and largest buffer per connection
 OVERLAP_BYTES = 16 << 10       # re-fetched and compared on a resume without validators
 MAX_RESTARTS = 3               # restarts after the remote file changed, before giving up
 PROGRESS_INTERVAL = 0.2
@@ -130,6 +131,8 @@ class Transfer:
         self.active = 0
         self.single_stream = False    # set after the server proved untrustworthy with ranges
         self.refused_ranges = 0       # 416 answers so far: the first restarts, the next falls back
+        # large positioned writes are cheap per byte; the budget keeps memory flat with many connections
+        self.flush_bytes = min(FLUSH_BYTES, max(MIN_FLUSH, WRITE_BUDGET // connections))
 
     # -- the whole download -----------------------------------------------------
     async def run(self) -> DownloadResult:
@@ -291,7 +294,7 @@ class Transfer:
                     f"({response.headers.get('content-range')!r})", url=self.url)
             return _Remote(content_range.total, True, etag, modified, encoding)
         length = response.headers.get("content-length")
-        size = int(length) if length is not None and length.isdigit() else None
+        size = int(length) if length is not None and length.isascii() and length.isdigit() else None
         if "chunked" in response.headers.get("transfer-encoding", "").lower():
             size = None
         return _Remote(size, False, etag, modified, encoding)
@@ -489,6 +492,7 @@ class Transfer:
         chunks: list[bytes] = []
         buffered = 0
         offset = write_at = segment.pos
+        flush_at = self.flush_bytes
 
         async def flush() -> None:
             nonlocal pending, chunks, buffered, write_at
@@ -514,7 +518,7 @@ class Transfer:
                 size = len(chunk)
                 buffered += size
                 segment.received += size
-                if buffered >= FLUSH_BYTES:
+                if buffered >= flush_at:
                     await flush()
                 if limiter is not None:
                     await limiter.acquire(size)

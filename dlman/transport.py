@@ -38,8 +38,8 @@ __all__ = [
 # Back-pressure: stop reading from the socket once this much is buffered and unread, and
 # start again when the consumer has drained it below the low-water mark. Big enough that
 # a steady reader never stalls the socket, small enough that a slow one costs ~1 MiB.
-HIGH_WATER = 1024 * 1024
-LOW_WATER = 256 * 1024
+HIGH_WATER = 512 * 1024
+LOW_WATER = 128 * 1024
 
 _SocketOption = typing.Union[
     typing.Tuple[int, int, int],

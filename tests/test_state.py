@@ -1,0 +1,160 @@
+"""ResumeState: a lossless round trip, and StateError (never another exception) for anything else."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dlman.state import STATE_VERSION, ResumeState, StateError
+
+
+def disjoint_intervals(size: int):
+    return st.lists(st.integers(0, size), unique=True, max_size=20).map(sorted).map(
+        lambda points: [(points[i], points[i + 1]) for i in range(0, len(points) - 1, 2)])
+
+
+def sized_states():
+    return st.integers(0, 2**63).flatmap(lambda size: st.builds(
+        ResumeState,
+        url=st.text(),
+        size=st.just(size),
+        etag=st.one_of(st.none(), st.text()),
+        last_modified=st.one_of(st.none(), st.text()),
+        ranges=st.booleans(),
+        missing=disjoint_intervals(size),
+    ))
+
+
+def payload(**changes):
+    raw = {"version": STATE_VERSION, "url": "https://e.org/f", "size": 100, "etag": '"x"',
+           "last_modified": None, "ranges": True, "missing": [[10, 20], [50, 100]]}
+    raw.update(changes)
+    return json.dumps(raw).encode()
+
+
+def test_valid_state_decodes():
+    state = ResumeState.decode(payload())
+    assert state == ResumeState("https://e.org/f", 100, '"x"', None, True, [(10, 20), (50, 100)])
+    assert state.downloaded == 100 - 10 - 50
+
+
+@given(sized_states())
+def test_encode_decode_round_trip(state):
+    decoded = ResumeState.decode(state.encode())
+    assert decoded == state
+    assert decoded.downloaded == state.downloaded
+
+
+def test_encoding_is_compact_json_with_a_version():
+    data = ResumeState("u", 10, missing=[(0, 10)]).encode()
+    raw = json.loads(data)
+    assert raw["version"] == STATE_VERSION == 1
+    assert raw["missing"] == [[0, 10]]
+    assert b" " not in data
+
+
+def test_downloaded_of_unsized_state_is_zero():
+    assert ResumeState("u", None).downloaded == 0
+
+
+@pytest.mark.parametrize("data", [
+    b"", b"{", b'{"version": 1, "url": "u"', b"\xff\xfe", b"null", b"[]", b"42", b'"text"',
+    b"\xef\xbb\xbf" + payload(),
+])
+def test_truncated_or_unreadable_data_is_a_state_error(data):
+    with pytest.raises(StateError):
+        ResumeState.decode(data)
+
+
+def test_truncated_real_state_is_always_a_state_error():
+    data = payload()
+    for cut in range(len(data)):
+        with pytest.raises(StateError):
+            ResumeState.decode(data[:cut])
+
+
+@pytest.mark.parametrize("changes", [
+    {"version": 2}, {"version": 0}, {"version": None}, {"version": "1"},
+    {"url": None}, {"url": 5},
+    {"ranges": None}, {"ranges": "yes"}, {"ranges": 1},
+    {"size": -1}, {"size": True}, {"size": False}, {"size": 1.5}, {"size": "100"}, {"size": None},
+    {"etag": 5}, {"last_modified": ["x"]},
+    {"missing": None}, {"missing": "0-10"}, {"missing": {"0": 10}},
+    {"missing": [[0, 10], [5, 20]]},          # overlapping
+    {"missing": [[50, 60], [10, 20]]},        # out of order
+    {"missing": [[0, 10], [10, 20]]},         # touching: not in normal form
+    {"missing": [[90, 101]]},                 # past the end
+    {"missing": [[-1, 10]]},                  # before the start
+    {"missing": [[10, 10]]},                  # empty
+    {"missing": [[20, 10]]},                  # reversed
+    {"missing": [[0, 10, 20]]}, {"missing": [[0]]}, {"missing": [0, 10]},
+    {"missing": [[0.0, 10]]}, {"missing": [["0", 10]]}, {"missing": [[False, True]]},
+    {"missing": [(0, 10)], "size": 5},
+])
+def test_inconsistent_fields_are_a_state_error(changes):
+    with pytest.raises(StateError):
+        ResumeState.decode(payload(**changes))
+
+
+def test_missing_keys_are_a_state_error():
+    for key in ("version", "url", "size", "ranges", "missing"):
+        raw = json.loads(payload())
+        del raw[key]
+        with pytest.raises(StateError):
+            ResumeState.decode(json.dumps(raw).encode())
+
+
+@given(st.binary())
+def test_arbitrary_bytes_decode_or_raise_state_error_only(data):
+    try:
+        ResumeState.decode(data)
+    except StateError:
+        pass
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-10, 300) | st.floats(allow_nan=False) | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@given(st.fixed_dictionaries({}, optional={
+    "version": st.sampled_from([1, 2, None, "1", 1.5]) | _json,
+    "url": st.text(max_size=5) | _json,
+    "size": st.integers(-5, 300) | _json,
+    "etag": st.none() | st.text(max_size=5) | _json,
+    "last_modified": st.none() | _json,
+    "ranges": st.booleans() | _json,
+    "missing": st.lists(st.lists(st.integers(-5, 305), min_size=2, max_size=2), max_size=4) | _json,
+}))
+def test_json_shaped_junk_decodes_consistently_or_raises_state_error_only(raw):
+    try:
+        state = ResumeState.decode(json.dumps(raw).encode())
+    except StateError:
+        return
+    assert isinstance(state.url, str) and isinstance(state.ranges, bool)
+    assert isinstance(state.size, int) and not isinstance(state.size, bool) and state.size >= 0
+    previous_end = -1
+    for start, end in state.missing:
+        assert previous_end < start < end <= state.size
+        previous_end = end
+
+
+def test_huge_number_is_a_state_error():
+    with pytest.raises(StateError):
+        ResumeState.decode(b'{"version":1,"url":"u","size":' + b"9" * 5000 + b"}")
+
+
+def test_deeply_nested_json_is_a_state_error():
+    with pytest.raises(StateError):
+        ResumeState.decode(b"[" * 100_000)
+
+
+@pytest.mark.parametrize("version", [True, 1.0])
+def test_version_of_the_wrong_type_is_a_state_error(version):
+    with pytest.raises(StateError):
+        ResumeState.decode(payload(version=version))
