@@ -14,6 +14,7 @@ from dlman.errors import (
     RemoteChangedError,
     StorageError,
 )
+from dlman.queue import Job, Queue
 from dlman.transfer import DownloadResult, Progress
 
 __version__ = "0.1.0"
@@ -27,8 +28,10 @@ __all__ = [
     "Progress",
     "HTTPStatusError",
     "InvalidInputError",
+    "Job",
     "NetworkError",
     "ProtocolError",
+    "Queue",
     "RemoteChangedError",
     "StorageError",
     "__version__",

@@ -118,6 +118,11 @@ class SegmentPlan:
         return self.size - sum(b - a for a, b in self.missing())
 
     @property
+    def received(self) -> int:
+        """Bytes on disk plus those held by connections on their way to it."""
+        return self.size - sum(s.remaining for s in self.segments)
+
+    @property
     def complete(self) -> bool:
         return not self.missing()
 

@@ -59,7 +59,11 @@ LOW_SPEED_BYTES = 1024         # fewer bytes than this in `timeout` seconds is a
 
 @dataclass(frozen=True)
 class Progress:
-    """A snapshot for progress callbacks: bytes on disk so far, of ``total`` when known."""
+    """A snapshot for progress callbacks: bytes received so far, of ``total`` when known.
+
+    Received bytes are written within a fraction of a second; after a stop they
+    are all on disk, so the last snapshot of a cancelled download is exact.
+    """
 
     path: Path | None
     downloaded: int
@@ -154,6 +158,8 @@ class Transfer:
         directory_mode = self.directory
         if not directory_mode:
             self.path = self.dest_arg
+            if self.path.exists() and not self.overwrite:
+                return await self._existing_only()
             resumed = await self._try_resume()
             if resumed is not None:
                 return resumed
@@ -255,12 +261,12 @@ class Transfer:
         return await self._transfer(part, remote, None, None)
 
     # -- the first request -----------------------------------------------------------
-    async def _first_response(self) -> httpx.Response:
+    async def _first_response(self, first_range: str = "bytes=0-") -> httpx.Response:
         """GET with ``Range: bytes=0-`` (no Range once ranges proved untrustworthy), retried."""
         failures = 0
         while True:
             try:
-                headers = {} if self.single_stream else {"Range": "bytes=0-"}
+                headers = {} if self.single_stream else {"Range": first_range}
                 response = await self._send_checked(self.url, headers)
                 if response.status_code in (200, 206):
                     return response
@@ -303,6 +309,17 @@ class Transfer:
         name = choose_name(self.url, response.headers.get("content-disposition"))
         directory = self.dest_arg
         return contained(directory, name)
+
+    async def _existing_only(self) -> DownloadResult:
+        """The destination exists: ask for one byte, enough to learn the remote size."""
+        response = await self._first_response("bytes=0-0")
+        try:
+            remote = self._describe(response)
+        finally:
+            await response.aclose()
+        skipped = await self._check_existing(remote)
+        assert skipped is not None  # _check_existing raises unless the file is complete
+        return skipped
 
     async def _check_existing(self, remote: _Remote) -> DownloadResult | None:
         """SPEC rule 9: never clobber silently; an identical file is already done."""
@@ -628,7 +645,7 @@ class Transfer:
         if self.on_progress is None:
             return
         if self.plan is not None:
-            downloaded, total = self.plan.downloaded, self.plan.size
+            downloaded, total = self.plan.received, self.plan.size
         else:
             downloaded, total = (self.unsized.pos if self.unsized else 0), None
         self.on_progress(Progress(self.path, downloaded, total, self.active))

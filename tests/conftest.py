@@ -5,11 +5,17 @@ Kept small on purpose; test modules add their own fixtures next to their tests.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
-from faultserver import FaultServer, make_data as _make_data
+# Test modules import the server as ``from faultserver import FaultServer``; make that work
+# under any pytest import mode, not only the default "prepend".
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from faultserver import FaultServer, make_data as _make_data  # noqa: E402
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from http import HTTPStatus
 from typing import Any, Callable, Union
 
@@ -79,7 +79,7 @@ class _Cut(Exception):
         self.abrupt = abrupt
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class Resource:
     """A file the server serves, plus every fault it should inject while serving it.
 
@@ -136,6 +136,20 @@ class Resource:
         # bytes are immutable, so caching on the object's identity is exact.
         self._etag_cache: tuple[bytes, str] | None = None
         self._gzip_cache: tuple[bytes, bytes] | None = None
+
+    def __repr__(self) -> str:
+        # The generated repr would print the whole body: megabytes in a failing assertion.
+        changed = []
+        for name, default in _KNOB_DEFAULTS.items():
+            value = getattr(self, name)
+            if value != default:
+                changed.append(f"{name}={value!r}")
+        knobs = "".join(", " + c for c in changed)
+        return (
+            f"Resource({self.path!r}, {len(self.data)} bytes{knobs}, "
+            f"bytes_served={self.bytes_served}, "
+            f"requests={len(self.requests)}, active={self.active}, max_active={self.max_active})"
+        )
 
     def reset_counters(self) -> None:
         """Start a new phase of a test: zero the counters and re-arm the one-shot faults.
@@ -203,6 +217,13 @@ class Resource:
         if gzipped:
             opaque += "-gzip"  # as Apache does: a different representation, a different tag
         return f'W/"{opaque}"' if weak else f'"{opaque}"'
+
+
+_KNOB_DEFAULTS: dict[str, Any] = {
+    f.name: f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
+    for f in fields(Resource)
+    if f.init and f.name not in ("path", "data")
+}
 
 
 @dataclass
@@ -273,7 +294,8 @@ def _parse_range(value: str, size: int) -> tuple[int, int] | str | None:
     m = _RANGE_RE.fullmatch(value)
     if m is None:
         return None
-    first_s, last_s = m.groups()
+    # Absurdly long numbers mean "beyond any size"; int() would refuse >4300 digits anyway.
+    first_s, last_s = (g if len(g) <= 30 else "9" * 30 for g in m.groups())
     if not first_s and not last_s:
         return None
     if not first_s:
@@ -317,6 +339,7 @@ class FaultServer:
         if self._thread is not None:
             return self
         self._ready.clear()
+        self._startup_error = None
         self._thread = threading.Thread(target=self._thread_main, name="faultserver", daemon=True)
         self._thread.start()
         if not self._ready.wait(10):
@@ -328,7 +351,11 @@ class FaultServer:
         return self
 
     def stop(self) -> None:
-        """Close the listener and every connection (stalled ones too), then join the thread."""
+        """Close the listener and every connection (stalled ones too), then join the thread.
+
+        ``start()`` may be called again afterwards: it listens on the same port, which lets a
+        test simulate a server that goes away and comes back.
+        """
         thread, loop, event = self._thread, self._loop, self._stop_event
         if thread is None:
             return
@@ -407,11 +434,17 @@ class FaultServer:
             await self._stop_event.wait()
         finally:
             server.close()
-            tasks = list(self._conns)
-            for task, writer in list(self._conns.items()):
-                writer.transport.abort()
-                task.cancel()
-            if tasks:
+            for _ in range(3):
+                # A few turns of the loop let just-accepted connections register their
+                # handlers, so none is left behind half-open.
+                for _ in range(3):
+                    await asyncio.sleep(0)
+                tasks = list(self._conns)
+                if not tasks:
+                    break
+                for task, writer in list(self._conns.items()):
+                    writer.transport.abort()
+                    task.cancel()
                 await asyncio.wait(tasks, timeout=5)
             try:
                 await asyncio.wait_for(server.wait_closed(), 2)
@@ -535,7 +568,9 @@ class FaultServer:
         res = self._lookup(req)
         if res is None:
             record.status = 404
-            await self._send_simple(writer, 404, close=not req.keep_alive)
+            await self._send_simple(
+                writer, 404, close=not req.keep_alive, head_only=req.method == "HEAD"
+            )
             return req.keep_alive
         res.requests.append(record)
         res._enter()
@@ -571,17 +606,26 @@ class FaultServer:
     def _simple_plan(
         self, status: int, extra: dict[str, str] | None = None, res: Resource | None = None
     ) -> _Plan:
-        body = f"{status} {_reason(status)}\n".encode()
-        headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))]
+        if status < 200 or status in (204, 304):
+            body = b""  # these statuses never carry a body
+            headers = []
+        else:
+            body = f"{status} {_reason(status)}\n".encode()
+            headers = [("Content-Type", "text/plain; charset=utf-8")]
+        if status != 204 and status >= 200:
+            headers.append(("Content-Length", str(len(body))))
         headers += list((extra or {}).items())
         if res is not None:
             headers += list(res.headers.items())
         return _Plan(status=status, headers=headers, body=body)
 
-    async def _send_simple(self, writer: asyncio.StreamWriter, status: int, close: bool) -> None:
+    async def _send_simple(
+        self, writer: asyncio.StreamWriter, status: int, close: bool, head_only: bool = False
+    ) -> None:
+        """Answer outside any resource (bad request, unknown path)."""
         plan = self._simple_plan(status)
         head = self._head_bytes(plan, close)
-        writer.write(head + bytes(plan.body))
+        writer.write(head if head_only else head + bytes(plan.body))
         await writer.drain()
 
     async def _plan(self, req: _Request, res: Resource) -> _Plan:
@@ -599,12 +643,14 @@ class FaultServer:
             return self._simple_plan(res.redirect_status, {"Location": res.redirect_to}, res)
 
         data = res.data
-        gzipped = res.gzip_always or (res.gzip and _accepts_gzip(req.headers.get("accept-encoding")))
-        if gzipped:
-            body = await asyncio.to_thread(res._gzipped, data) if len(data) > 1 << 20 else res._gzipped(data)
+        asked_gzip = _accepts_gzip(req.headers.get("accept-encoding"))
+        gzipped = res.gzip_always or (res.gzip and asked_gzip)
+        if gzipped and len(data) > 1 << 20:
+            body = await asyncio.to_thread(res._gzipped, data)  # keep other connections moving
+        elif gzipped:
+            body = res._gzipped(data)
         else:
             body = data
-        size = len(body)
         etag = res._current_etag(data, gzipped)
 
         headers: list[tuple[str, str]] = [("Content-Type", res.content_type)]
@@ -647,7 +693,8 @@ class FaultServer:
             headers.append(("Accept-Ranges", "bytes"))
             if range_value is not None:
                 res._ranged_seen += 1
-                honour = res.ignore_range_after is None or res._ranged_seen <= res.ignore_range_after
+                limit = res.ignore_range_after
+                honour = limit is None or res._ranged_seen <= limit
                 if honour and self._if_range_ok(req, res, etag):
                     selected = _parse_range(range_value, size)
         if selected is None:

@@ -1,0 +1,145 @@
+"""The manifest parser: aria2's input-file format, every bad line reported, nothing escaping."""
+
+from __future__ import annotations
+
+import posixpath
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dlman.errors import InvalidInputError
+from dlman.manifest import Entry, ManifestError, check_out, parse_manifest
+
+SHA = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+
+
+def problems(text: str) -> list[str]:
+    with pytest.raises(ManifestError) as caught:
+        parse_manifest(text, "m.txt")
+    return list(caught.value.problems)
+
+
+def test_spec_example() -> None:
+    text = (
+        "https://example.org/a.iso\thttps://mirror.example.net/a.iso\n"
+        "  out=ubuntu.iso\n"
+        f"  checksum=sha-256={SHA}\n"
+        "  header=Authorization: Bearer abc\n"
+        "https://example.org/b.tar.gz\n"
+        "  dir=archives\n"
+        "  connections=4\n"
+    )
+    a, b = parse_manifest(text, "m.txt")
+    assert a == Entry(urls=("https://example.org/a.iso", "https://mirror.example.net/a.iso"), line=1,
+                      out="ubuntu.iso", checksum=f"sha256:{SHA}", headers=("Authorization: Bearer abc",))
+    assert b == Entry(urls=("https://example.org/b.tar.gz",), line=5, dir="archives", connections=4)
+
+
+def test_comments_blank_lines_crlf_bom_and_split_alias() -> None:
+    text = "\ufeff# a comment\r\n\r\nhttp://h/x\r\n\t# indented comment\r\n\tsplit=2\r\n   \r\n"
+    (entry,) = parse_manifest(text)
+    assert entry.urls == ("http://h/x",) and entry.connections == 2 and entry.line == 3
+
+
+def test_headers_repeat_and_checksum_forms() -> None:
+    text = f"http://h/x\n header=A: 1\n header=B: 2\n checksum=sha256:{SHA.upper()}\n"
+    (entry,) = parse_manifest(text)
+    assert entry.headers == ("A: 1", "B: 2") and entry.checksum == f"sha256:{SHA}"
+
+
+def test_every_problem_is_reported_with_file_and_line() -> None:
+    text = (
+        "  out=x\n"                      # 1: option before any entry
+        "ftp://h/x\n"                    # 2: bad scheme
+        "http://h/a\n"
+        "  colour=red\n"                 # 4: unknown key
+        "  checksum=sha256:abc\n"        # 5: bad checksum
+        "  connections=many\n"           # 6: not a number
+        "http://h/b\n"
+        "  out=../escape\n"              # 8: leaves its directory
+        "  connections=65\n"             # 9: out of range
+        "http://h/c\n"
+        "  out=same\n"
+        "http://h/d\n"                   # 12: same destination as line 10
+        "  out=./same\n"
+        "https:///nohost\n"              # 14: no host
+        "http://h/e\n"
+        "  just text\n"                  # 16: no '='
+    )
+    found = problems(text)
+    assert [p.split(":")[1] for p in found] == ["1", "2", "4", "5", "6", "8", "9", "12", "14", "16"]
+    assert all(p.startswith("m.txt:") for p in found)
+    assert "unknown option 'colour'" in found[2]
+    assert "line 10" in found[7]
+
+
+def test_same_url_twice_in_same_dir_is_a_duplicate_but_not_in_another_dir() -> None:
+    assert "line 1" in problems("http://h/x\nhttp://h/x\n")[0]
+    assert len(parse_manifest("http://h/x\nhttp://h/x\n dir=other\n")) == 2
+
+
+def test_duplicate_option_in_one_entry() -> None:
+    assert "twice" in problems("http://h/x\n out=a\n out=b\n")[0]
+    assert "twice" in problems("http://h/x\n split=2\n connections=3\n")[0]
+
+
+def test_header_values_are_masked_in_messages() -> None:
+    (message,) = problems("http://h/x\n header=Authorization Bearer secret\n")
+    assert "secret" not in message
+
+
+def test_url_credentials_masked_in_messages() -> None:
+    (message,) = problems("ftp://user:hunter2@h/x\n")
+    assert "hunter2" not in message
+
+
+@pytest.mark.parametrize("out", ["/etc/passwd", "..", "a/../../b", "..\\x", "C:\\x", "a/", ".", "", "a\x00b",
+                                 "a/..", "\n"])
+def test_out_that_leaves_or_is_not_a_file(out: str) -> None:
+    with pytest.raises(InvalidInputError):
+        check_out(out)
+
+
+@pytest.mark.parametrize("out,expected", [("a.iso", "a.iso"), ("sub/a.iso", "sub/a.iso"), ("./a", "a"),
+                                          ("sub//a", "sub/a"), ("sub/./a", "sub/a")])
+def test_out_inside_directory(out: str, expected: str) -> None:
+    assert check_out(out) == expected
+
+
+def test_error_is_an_invalid_input_error() -> None:
+    with pytest.raises(InvalidInputError):
+        parse_manifest("nonsense\n")
+
+
+lines = st.one_of(
+    st.text(max_size=40),
+    st.sampled_from(["http://h/x", "https://h/y\thttp://m/y", " out=a", " out=../b", "\tdir=d", " header=A: b",
+                     " connections=3", " split=0", f" checksum=sha-256={SHA}", "# c", "", " bogus"]),
+    st.builds(lambda v: " out=" + v, st.text(max_size=20)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(lines, max_size=12))
+def test_parser_raises_only_manifest_error(parts: list[str]) -> None:
+    try:
+        entries = parse_manifest("\n".join(parts), "f")
+    except ManifestError as error:
+        assert error.problems and all(p.startswith("f:") for p in error.problems)
+        return
+    for entry in entries:
+        assert entry.urls
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=30))
+def test_names_never_leave_their_directory(out: str) -> None:
+    text = "http://h/x\n out=" + out.replace("\n", "").replace("\r", "") + "\n"
+    try:
+        (entry,) = parse_manifest(text)
+    except ManifestError:
+        return
+    base = posixpath.join("/base", "dir")
+    target = posixpath.normpath(posixpath.join(base, entry.out.replace("\\", "/")))
+    assert target.startswith(base + "/")
