@@ -362,6 +362,12 @@ class Queue:
         rows = self._rows("SELECT * FROM jobs WHERE id = ? AND cancel IS NULL", (job_id,))
         return Job.from_row(rows[0]) if rows else None
 
+    def get_many(self, job_ids: Sequence[int]) -> dict[int, Job]:
+        """The jobs among ``job_ids`` that still exist, in one query."""
+        rows = self._rows("SELECT * FROM jobs WHERE cancel IS NULL AND id IN (SELECT value FROM json_each(?))",
+                          (json.dumps(list(job_ids)),))
+        return {job.id: job for job in map(Job.from_row, rows)}
+
     def _require(self, job_id: int) -> Job:
         job = self.get(job_id)
         if job is None:
@@ -628,6 +634,10 @@ class _Runner:
         return [i for i in self.ids if i not in self.outcomes and i not in self.active]
 
     async def _loop(self) -> None:
+        # Heartbeats and watching other processes' jobs run once per TICK, not on every
+        # finished download: with many small files that would be a database call per file
+        # per pending job.
+        last_tick = -TICK
         while True:
             exhausted = False
             while len(self.active) < self.jobs:
@@ -640,11 +650,14 @@ class _Runner:
                     exhausted = True
                     break
                 self._start(job)
-            await self._tick()
+            now = time.monotonic()
+            if now - last_tick >= TICK:
+                last_tick = now
+                await self._tick()
+                if self.ids is not None:
+                    await self._watch_others()
             for entry in [a for a in self.active.values() if a.task.done()]:
                 await self._settle(entry)
-            if self.ids is not None:
-                await self._watch_others()
             if not self.active and exhausted and (self.ids is None or not self._pending()):
                 return
             tasks = [a.task for a in self.active.values()]
@@ -716,8 +729,12 @@ class _Runner:
 
     async def _watch_others(self) -> None:
         """For ``ids`` runs: note the end of jobs another process is downloading."""
-        for job_id in self._pending() or []:
-            job = await self._db(self.queue.get, job_id)
+        pending = self._pending() or []
+        if not pending:
+            return
+        jobs = await self._db(self.queue.get_many, pending)
+        for job_id in pending:
+            job = jobs.get(job_id)
             if job is None:
                 self._ended(Outcome(job_id, "removed", ""))
             elif job.state in ("done", "failed", "paused"):

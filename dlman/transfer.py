@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dlman")
 
-WRITE_BUDGET = 8 << 20         # bytes buffered for writing per download, shared by its connections
+WRITE_BUDGET = 4 << 20         # bytes buffered for writing per download, shared by its connections
 MIN_FLUSH, FLUSH_BYTES = 256 << 10, 1 << 20   # smallest and largest buffer per connection
 OVERLAP_BYTES = 16 << 10       # re-fetched and compared on a resume without validators
 MAX_RESTARTS = 3               # restarts after the remote file changed, before giving up
@@ -525,7 +525,7 @@ class Transfer:
         try:
             async for chunk in source:
                 room = segment.end - segment.received
-                if len(chunk) >= room:
+                if len(chunk) > room:  # equal: read on, so a body that ends here keeps its connection
                     if room > 0:
                         chunks.append(chunk[:room])
                         buffered += room

@@ -28,6 +28,14 @@ import typing
 import httpcore
 import httpx
 
+try:
+    import sniffio  # noqa: F401  (httpcore asks for it on every request)
+except ImportError:
+    # httpcore imports sniffio inside each pool operation; when it is absent, every
+    # attempt searches sys.path again (measured: ~7 failed imports, ~1 ms per request).
+    # A None entry makes the failure immediate, and httpcore then assumes asyncio.
+    sys.modules["sniffio"] = None  # type: ignore[assignment]
+
 __all__ = [
     "AsyncioBackend",
     "AsyncioStream",
@@ -38,8 +46,8 @@ __all__ = [
 # Back-pressure: stop reading from the socket once this much is buffered and unread, and
 # start again when the consumer has drained it below the low-water mark. Big enough that
 # a steady reader never stalls the socket, small enough that a slow one costs ~1 MiB.
-HIGH_WATER = 512 * 1024
-LOW_WATER = 128 * 1024
+HIGH_WATER = 256 * 1024
+LOW_WATER = 64 * 1024
 
 _SocketOption = typing.Union[
     typing.Tuple[int, int, int],
