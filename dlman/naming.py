@@ -28,17 +28,24 @@ def sanitise_name(name: str | None) -> str | None:
         return None
     name = unicodedata.normalize("NFC", name)
     name = re.split(r"[/\\]", name)[-1]
-    name = _UNSAFE.sub("", name).strip().strip(".").strip()
-    if not name or name in (".", ".."):
-        return None
+    name = _trim(_UNSAFE.sub("", name))
     encoded = name.encode("utf-8")
     if len(encoded) > _MAX_NAME_BYTES:
         stem, dot, ext = name.rpartition(".")
         keep = ext if dot and len(ext.encode()) < 16 else ""
         budget = _MAX_NAME_BYTES - len(keep.encode()) - (1 if keep else 0)
-        head = (stem if keep else name).encode("utf-8")[:budget].decode("utf-8", "ignore")
-        name = f"{head}.{keep}" if keep else head
-    return name
+        head = _trim((stem if keep else name).encode("utf-8")[:budget].decode("utf-8", "ignore"))
+        name = f"{head}.{keep}" if keep and head else head
+    return name or None
+
+
+def _trim(name: str) -> str:
+    """Strip spaces and dots at both ends until none are left (so sanitising twice changes nothing)."""
+    while True:
+        trimmed = name.strip().strip(".")
+        if trimmed == name:
+            return name
+        name = trimmed
 
 
 def name_from_url(url: str) -> str | None:

@@ -8,6 +8,7 @@ kill -9 or a power cut could have lost.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 from pathlib import Path
@@ -51,15 +52,26 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _temp_state(path: Path) -> Path:
+    return path.with_name(path.name + ".tmp")
+
+
 def _write_state(path: Path, data: bytes) -> None:
-    temp = path.with_name(path.name + ".tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    temp = _temp_state(path)
     try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(temp, path)
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
     _fsync_dir(path.parent)
 
 
@@ -153,7 +165,7 @@ class PartFile:
     async def discard(self) -> None:
         """Remove partial data and state (restart or bad checksum)."""
         self.close()
-        for path in (self.part, self.state_file):
+        for path in (self.part, self.state_file, _temp_state(self.state_file)):
             try:
                 await aiofiles.os.remove(path)
             except FileNotFoundError:
@@ -190,10 +202,9 @@ class PartFile:
         self.close()
         try:
             await aiofiles.os.replace(self.part, self.dest)
-            try:
-                await aiofiles.os.remove(self.state_file)
-            except FileNotFoundError:
-                pass
+            for leftover in (self.state_file, _temp_state(self.state_file)):
+                with contextlib.suppress(FileNotFoundError):
+                    await aiofiles.os.remove(leftover)
             await aiofiles.os.wrap(_fsync_dir)(self.dest.parent)
         except OSError as exc:
             raise storage_error(exc, self.dest) from None

@@ -89,6 +89,14 @@ class _Fallback(Exception):
     """The server cannot be trusted with ranges: start over as one plain stream."""
 
 
+class _RangeRefused(ProtocolError):
+    """A 416 to the first request, with the total size the server claims."""
+
+    def __init__(self, total: int) -> None:
+        super().__init__(f"the server refused a range starting at 0 of a {total}-byte file (HTTP 416)")
+        self.total = total
+
+
 class _Retryable(Exception):
     """A failure worth another attempt; ``retry_after`` is the server's wish, if any."""
 
@@ -276,6 +284,8 @@ class Transfer:
                     if total is not None and total.total == 0:
                         self.single_stream = True  # an empty file: ask for it whole
                         continue
+                    if total is not None and total.total is not None:
+                        raise _RangeRefused(total.total)
                     raise ProtocolError(f"{mask_url(self.url)}: the server refused a range starting at 0",
                                         url=self.url)
                 await response.aclose()
@@ -312,11 +322,15 @@ class Transfer:
 
     async def _existing_only(self) -> DownloadResult:
         """The destination exists: ask for one byte, enough to learn the remote size."""
-        response = await self._first_response("bytes=0-0")
         try:
-            remote = self._describe(response)
-        finally:
-            await response.aclose()
+            response = await self._first_response("bytes=0-0")
+        except _RangeRefused as refused:  # "nothing to send you": the size is all we need
+            remote = _Remote(refused.total, True, None, None, None)
+        else:
+            try:
+                remote = self._describe(response)
+            finally:
+                await response.aclose()
         skipped = await self._check_existing(remote)
         assert skipped is not None  # _check_existing raises unless the file is complete
         return skipped
@@ -587,7 +601,13 @@ class Transfer:
         log.debug("GET %s %s", mask_url(url), headers.get("Range", ""))
         release = await self.engine.acquire_host_slot(request.url.host)
         try:
-            response = await self.engine.client.send(request, stream=True)
+            # httpx's read timeout is per read: a server trickling its headers would never
+            # trip it, so the whole answer head (connect included) gets one deadline.
+            response = await asyncio.wait_for(self.engine.client.send(request, stream=True),
+                                              self.engine.timeout)
+        except asyncio.TimeoutError:
+            release()
+            raise _Retryable(f"no response within {self.engine.timeout:g}s") from None
         except BaseException:
             release()
             raise

@@ -115,10 +115,6 @@ def sanitised_property(raw):
     assert not name.startswith(".") and name not in (".", "..")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (minor) dlman/naming.py sanitise_name: strip(), strip('.'), strip() "
-                   "in one pass leaves a trailing dot uncovered by a space ('0. .' -> '0.'), so sanitising is "
-                   "not idempotent ('0.' -> '0'): a name sanitised twice (manifest out=, then the engine) "
-                   "can change")
 def test_sanitise_name_is_idempotent():
     once = sanitise_name("0. .")
     assert sanitise_name(once) == once

@@ -318,10 +318,6 @@ def test_a_trickled_body_on_a_ranged_download_is_retried_then_completes(raw, mak
     assert elapsed < 20
 
 
-@pytest.mark.xfail(strict=True, reason="BUG dlman/transfer.py: the low-speed watchdog (_Watchdog) covers only "
-                   "the body; the status line and headers are read under httpx's per-read timeout alone, so a "
-                   "server trickling its head one byte every 0.4 s keeps a download with timeout=1 waiting "
-                   "for ever (h11 would refuse the head only after 16 KiB, i.e. hours)")
 def test_a_trickled_head_is_a_stall_and_the_engine_gives_up(raw, tmp_path):
     def handler(head: bytes, conn: socket.socket) -> None:
         trickle(conn, b"HTTP/1.1 200 OK\r\nX-Slow: ", 30)
@@ -363,9 +359,6 @@ def test_complete_destination_with_a_server_answering_416_is_skipped_or_kept(ser
     assert files_under(tmp_path) == ["done.bin"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (spec gap) dlman/transfer.py _first_response: a 416 'bytes */N' "
-                   "to the first 'Range: bytes=0-' raises ProtocolError before the existing-destination "
-                   "check, although the destination already holds N bytes (SPEC rule 9: same size -> done)")
 def test_complete_destination_with_a_server_answering_416_is_skipped(server, make_data, tmp_path):
     data = make_data(100_000, seed=37)
     server.add("/done.bin", data, statuses=[(416, {"Content-Range": f"bytes */{len(data)}"})] * 20)

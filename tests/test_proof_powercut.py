@@ -284,10 +284,6 @@ def test_a_cut_mid_save_leaves_the_old_state_in_force(server, make_data, tmp_pat
     assert not dest.with_name("tmp.bin.part.state").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG dlman/storage.py PartFile.finish (and discard) remove NAME.part "
-                   "and NAME.part.state but not NAME.part.state.tmp, which a kill between _write_state's "
-                   "write and its os.replace leaves behind; a resumed run that ends before its first save "
-                   "never replaces it, so the junk file outlives the download")
 def test_a_cut_mid_save_leaves_no_temp_file_after_the_download_completes(server, make_data, tmp_path):
     data, dest = cut_mid_save(server, make_data, tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tmp.bin"], "leftover files"

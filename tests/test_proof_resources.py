@@ -73,13 +73,9 @@ def test_disk_full_is_a_storage_error_naming_the_path_and_the_partial_data_stays
     mount("-o", "remount,size=40m", str(small_disk))
     fetch(server.url("/full.bin"), dest, connections=4)
     assert dest.read_bytes() == data
-    # NAME.part.state.tmp from the failed state write may remain: see the xfail test below.
-    assert [p.name for p in small_disk.iterdir() if not p.name.endswith(".tmp")] == ["full.bin"]
+    assert [p.name for p in small_disk.iterdir()] == ["full.bin"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG dlman/storage.py _write_state: when writing or fsyncing "
-                   "NAME.part.state.tmp fails (ENOSPC), the temp file is left behind (no cleanup on error); "
-                   "it then outlives the download unless a later save happens to replace it")
 def test_disk_full_leaves_no_temp_state_file(server, make_data, small_disk):
     server.add("/tmpst.bin", make_data(16 * MiB, seed=45), auto_etag=True)
     dest = small_disk / "tmpst.bin"
