@@ -95,6 +95,14 @@ def mask_url(url: str) -> str:
     return f"{scheme}://***@{authority.rsplit('@', 1)[1]}{slash}{path}"
 
 
+_CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
+
+
+def redact(text: str) -> str:
+    """Free text (an error message, a log line) with any ``user:password@`` in URLs masked."""
+    return _CREDENTIALS.sub("***@", text)
+
+
 def check_url(url: str) -> str:
     """The URL, if it is an absolute http(s) URL with a host; else InvalidInputError."""
     try:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from tqdm import tqdm
 
-from dlman.options import mask_url
+from dlman.options import mask_url, redact
 
 if TYPE_CHECKING:
     from dlman.transfer import Progress
@@ -156,6 +156,15 @@ class _BriefFormatter(logging.Formatter):
         return f"{record.levelname.lower()}: {record.getMessage()}"
 
 
+def _redact_record(record: logging.LogRecord) -> bool:
+    """Mask URL credentials in every line we print, including httpx's own request logs."""
+    message = record.getMessage()
+    cleaned = redact(message)
+    if cleaned != message:
+        record.msg, record.args = cleaned, None
+    return True
+
+
 def setup_logging(verbose: int = 0, quiet: bool = False, stream: TextIO | None = None) -> None:
     """Route the "dlman" logger to stderr: warnings (errors with -q), INFO with -v, DEBUG and httpx with -vv.
 
@@ -163,6 +172,7 @@ def setup_logging(verbose: int = 0, quiet: bool = False, stream: TextIO | None =
     configuration of the "dlman" logger is left alone.
     """
     handler = _TqdmHandler(stream)
+    handler.addFilter(_redact_record)
     if verbose:
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s", "%H:%M:%S"))
     else:

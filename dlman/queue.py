@@ -30,7 +30,7 @@ from dlman.checksum import parse_checksum
 from dlman.errors import DownloadError, InvalidInputError
 from dlman.home import prepare_home, resolve_home
 from dlman.naming import part_path, state_path
-from dlman.options import check_connections, check_urls, mask_header, mask_url, normalise_headers
+from dlman.options import check_connections, check_urls, mask_header, mask_url, normalise_headers, redact
 
 if TYPE_CHECKING:
     from dlman.transfer import DownloadResult, Progress
@@ -44,7 +44,6 @@ _LOCK_DEADLINE = 300.0  # keep retrying a locked database this long before givin
 HOST = socket.gethostname()
 OPTION_KEYS = ("connections", "checksum", "headers", "overwrite", "http2", "insecure", "retries", "timeout")
 _ENGINE_KEYS = ("http2", "insecure", "retries", "timeout")
-_CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -70,11 +69,6 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, id);
 CREATE INDEX IF NOT EXISTS jobs_request ON jobs (request);
 """
-
-
-def redact(text: str) -> str:
-    """Free text (an error message) with any ``user:password@`` in URLs masked."""
-    return _CREDENTIALS.sub("***@", text)
 
 
 @dataclass(frozen=True)

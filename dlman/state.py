@@ -23,7 +23,7 @@ class StateError(ValueError):
 class ResumeState:
     """Everything a later attempt needs to ask only for the missing bytes."""
 
-    url: str
+    url: str                  # credentials masked: the file may be read by others
     size: int | None
     etag: str | None = None
     last_modified: str | None = None

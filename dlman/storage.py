@@ -59,7 +59,7 @@ def _temp_state(path: Path) -> Path:
 def _write_state(path: Path, data: bytes) -> None:
     temp = _temp_state(path)
     try:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             view = memoryview(data)
             while view:

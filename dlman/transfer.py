@@ -226,7 +226,8 @@ class Transfer:
             log.warning("%s: ignoring unusable resume state (%s); starting over", part.state_file, why)
             return None
         claimed_end = max((b for a, b in _written(state)), default=0)
-        if not state.ranges or state.url not in self.urls or part.size_on_disk() < claimed_end:
+        if (not state.ranges or state.url not in map(mask_url, self.urls)
+                or part.size_on_disk() < claimed_end):
             log.warning("%s: resume state does not match; starting over", part.state_file)
             return None
         return state
@@ -657,7 +658,7 @@ class Transfer:
         """Persist what is on disk; only a ranged download with a known size can resume."""
         if self.plan is None or not remote.ranges or self.single_stream:
             return
-        state = ResumeState(self.url, remote.size, remote.etag, remote.last_modified, True,
+        state = ResumeState(mask_url(self.url), remote.size, remote.etag, remote.last_modified, True,
                             self.plan.missing())
         await part.save_state(state)
 

@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pytest
 
 import dlman
 from helpers import saved_bytes, wait_for
@@ -114,7 +113,7 @@ class Fleet:
         except subprocess.TimeoutExpired:
             process.kill()
             stdout, stderr = process.communicate()
-            raise AssertionError(f"dlman {' '.join(process.args[4:])} did not end within {timeout}s:\n{stderr}")
+            raise AssertionError(f"dlman {' '.join(process.args[5:])} did not end within {timeout}s:\n{stderr}")
         call = Call(tuple(process.args[5:]), process.returncode, stdout, stderr, time.monotonic() - began)
         with self.lock:
             self.calls.append(call)
@@ -291,8 +290,9 @@ def scenario(server: Any, make_data: Any, tmp_path: Path, total: int, runners: i
         sampler.start()
         lister_thread.start()
         began = time.monotonic()
+        running: list[tuple[subprocess.Popen[str], float]] = []
         try:
-            running = [fleet.start("run", "-j", "3") for _ in range(runners)]
+            running += [fleet.start("run", "-j", "3") for _ in range(runners)]
             # The second batch arrives while the runners work: they must pick it up.
             add_batch(list(range(first_batch + 1, total + 1)), "--retries", "3", "--timeout", "20")
 
@@ -344,14 +344,15 @@ def scenario(server: Any, make_data: Any, tmp_path: Path, total: int, runners: i
             call = fleet.run("resume", "--later", *map(str, plan.pause_queued_resume_now))
             assert call.returncode == 0, call.stderr
             foreground = fleet.start("resume", str(plan.pause_active_resume_now))
+            running.append(foreground)
 
-            results = [fleet.finish(r, 60) for r in running]
+            results = [fleet.finish(r, 60) for r in running[:runners]]
             resumed = fleet.finish(foreground, 60)
             assert resumed.returncode == 0, resumed.stderr
         finally:
             lister_stop.set()
             lister_thread.join(30)
-            for process, _ in locals().get("running", []):
+            for process, _ in running:
                 if process.poll() is None:
                     process.kill()
                     process.wait()

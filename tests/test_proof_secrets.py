@@ -69,14 +69,9 @@ def with_credentials(url: str) -> str:
     return url.replace("://", f"://user:{SECRET}@", 1)
 
 
-VVV = pytest.mark.xfail(strict=True, reason=(
-    "BUG: -vv turns on httpx's INFO log, whose 'HTTP Request: GET <url> ...' line prints the URL with "
-    "its user:password@ part (dlman/progress.py setup_logging routes the 'httpx' logger unfiltered)"))
-
-
 @pytest.mark.parametrize("verbosity,kind", [
     ([], "headers"), (["-v"], "headers"), (["-vv"], "headers"),
-    ([], "url"), (["-v"], "url"), pytest.param(["-vv"], "url", marks=VVV),
+    ([], "url"), (["-v"], "url"), (["-vv"], "url"),
 ], ids=["quiet-headers", "v-headers", "vv-headers", "quiet-url", "v-url", "vv-url"])
 def test_secrets_reach_the_server_and_are_never_printed(server, make_data, tmp_path, env, verbosity, kind) -> None:
     ok = server.add("/ok.bin", make_data(SIZE, seed=1))
@@ -274,9 +269,6 @@ def test_queue_files_are_owner_only_whatever_the_umask(server, make_data, tmp_pa
     assert all(mode(p) == 0o600 for p in home.iterdir())
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: the resume state NAME.part.state stores the URL with its user:password@ part in clear text "
-    "(dlman/state.py ResumeState.encode 'url'), written 0644 beside the download (dlman/storage.py _save_state)"))
 def test_resume_state_does_not_expose_url_credentials(server, make_data, tmp_path, env) -> None:
     res = server.add("/big.bin", make_data(600_000, seed=6), throttle=100_000)
     dlman = Shell(env, tmp_path)
