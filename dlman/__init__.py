@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from dlman.engine import Engine, download
 from dlman.errors import (
     ChecksumError,
@@ -18,6 +20,10 @@ from dlman.queue import Job, Queue
 from dlman.transfer import DownloadResult, Progress
 
 __version__ = "0.1.0"
+
+# The engine logs; it never prints. Without this, Python's last-resort handler would
+# write the engine's warnings to an embedding program's stderr.
+logging.getLogger("dlman").addHandler(logging.NullHandler())
 
 __all__ = [
     "ChecksumError",
