@@ -36,6 +36,17 @@ class ResumeState:
             return 0
         return self.size - sum(b - a for a, b in self.missing)
 
+    def written(self) -> list[tuple[int, int]]:
+        """The complement of ``missing``: the byte ranges this state claims are on disk."""
+        ranges, cursor = [], 0
+        for start, end in self.missing:
+            if start > cursor:
+                ranges.append((cursor, start))
+            cursor = end
+        if self.size is not None and cursor < self.size:
+            ranges.append((cursor, self.size))
+        return ranges
+
     def encode(self) -> bytes:
         return json.dumps({
             "version": STATE_VERSION,

@@ -225,7 +225,7 @@ class Transfer:
         except StateError as why:
             log.warning("%s: ignoring unusable resume state (%s); starting over", part.state_file, why)
             return None
-        claimed_end = max((b for a, b in _written(state)), default=0)
+        claimed_end = max((b for a, b in state.written()), default=0)
         if (not state.ranges or state.url not in map(mask_url, self.urls)
                 or part.size_on_disk() < claimed_end):
             log.warning("%s: resume state does not match; starting over", part.state_file)
@@ -735,19 +735,6 @@ async def _first_failure(tasks: list[asyncio.Task[None]]) -> None:
         for task in done:
             if task.exception() is not None:
                 raise task.exception()  # type: ignore[misc]
-
-
-def _written(state: ResumeState) -> list[tuple[int, int]]:
-    """The complement of ``missing``: byte ranges the state claims are on disk."""
-    assert state.size is not None
-    ranges, cursor = [], 0
-    for start, end in state.missing:
-        if start > cursor:
-            ranges.append((cursor, start))
-        cursor = end
-    if cursor < state.size:
-        ranges.append((cursor, state.size))
-    return ranges
 
 
 def _certificate_problem(exc: Exception) -> bool:

@@ -34,15 +34,8 @@ def fetch(url: str, dest: Path, **options) -> dlman.DownloadResult:
 
 
 def claimed(state: ResumeState) -> list[tuple[int, int]]:
-    """The complement of ``missing``: the ranges the state says are on disk."""
-    ranges, cursor = [], 0
-    for start, end in state.missing:
-        if start > cursor:
-            ranges.append((cursor, start))
-        cursor = end
-    if cursor < state.size:
-        ranges.append((cursor, state.size))
-    return ranges
+    """The ranges the state says are on disk."""
+    return state.written()
 
 
 def covered_by(ranges: list[tuple[int, int]], spans: list[tuple[int, int]]) -> bool:
