@@ -377,7 +377,10 @@ class Transfer:
             await asyncio.gather(*workers, return_exceptions=True)
             saver.cancel()
             await asyncio.gather(saver, return_exceptions=True)
-            await self._save(part, remote)
+            try:
+                await self._save(part, remote)
+            except DownloadError as exc:  # keep the original failure; the old state still holds
+                log.warning("%s", exc)
             part.close()
             self._report()
             raise
