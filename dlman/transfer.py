@@ -430,7 +430,7 @@ class Transfer:
                 chunks = response.aiter_raw()
                 if segment.check_from is not None:
                     chunks = await self._check_overlap(part, chunks, segment)
-                await self._receive(part, chunks, segment)
+                await self._receive(part, chunks, segment, _body_end(response))
                 if not segment.done and segment.pos == before:
                     raise _Retryable("the server sent no bytes for the requested range")
             except _Retryable as why:
@@ -515,7 +515,8 @@ class Transfer:
         segment.check_from = None
         return _prepend(bytes(got[want:]), stream)
 
-    async def _receive(self, part: PartFile, source: AsyncIterator[bytes], segment: Segment) -> None:
+    async def _receive(self, part: PartFile, source: AsyncIterator[bytes], segment: Segment,
+                       body_end: int | None) -> None:
         """Stream a response body into ``segment``: buffered, positioned, never past its end.
 
         ``pos`` advances only when a write has landed, so a failure or a cancel at
@@ -543,7 +544,9 @@ class Transfer:
         try:
             async for chunk in source:
                 room = segment.end - segment.received
-                if len(chunk) > room:  # equal: read on, so a body that ends here keeps its connection
+                # A body that ends where the segment does is read to its end, so that its
+                # connection goes back to the pool; any other is cut as soon as it is full.
+                if len(chunk) > room or (len(chunk) == room and segment.end != body_end):
                     if room > 0:
                         chunks.append(chunk[:room])
                         buffered += room
@@ -581,7 +584,7 @@ class Transfer:
         failures = 0
         while True:
             try:
-                await self._receive(part, response.aiter_raw(), segment)
+                await self._receive(part, response.aiter_raw(), segment, _body_end(response))
                 if expected is None or segment.done:
                     return
                 raise _Retryable(f"the body ended after {segment.pos} of {expected} bytes")
@@ -738,6 +741,15 @@ async def _first_failure(tasks: list[asyncio.Task[None]]) -> None:
         for task in done:
             if task.exception() is not None:
                 raise task.exception()  # type: ignore[misc]
+
+
+def _body_end(response: httpx.Response) -> int | None:
+    """The file offset where this response's body ends, when its headers say."""
+    if response.status_code == 206:
+        content_range = parse_content_range(response.headers.get("content-range"))
+        return None if content_range is None or content_range.end is None else content_range.end + 1
+    length = response.headers.get("content-length")
+    return int(length) if length is not None and length.isascii() and length.isdigit() else None
 
 
 def _certificate_problem(exc: Exception) -> bool:
