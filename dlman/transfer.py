@@ -605,7 +605,7 @@ class Transfer:
         merged = httpx.Headers(self.headers)
         merged.update(headers)
         request = self.engine.client.build_request("GET", url, headers=merged)
-        log.debug("GET %s %s", mask_url(url), headers.get("Range", ""))
+        log.info("GET %s %s", mask_url(url), headers.get("Range", ""))
         release = await self.engine.acquire_host_slot(request.url.host)
         try:
             # httpx's read timeout is per read: a server trickling its headers would never

@@ -49,6 +49,15 @@ __all__ = [
 HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
 
+# The receive buffer. asyncio reads (recv_into, or SSL decryption on 3.11+) straight into
+# its free tail, so each byte is copied once more only, by read(). Reading stops above
+# HIGH_WATER, so a buffer of HIGH_WATER + READ_SIZE always has READ_SIZE free once the
+# unread bytes are moved to its front, which happens only when the free tail drops below
+# MIN_FREE while bytes are still unread (a drained buffer restarts at offset 0 for free).
+READ_SIZE = 256 * 1024  # what asyncio itself reads per call (its max_size)
+MIN_FREE = 64 * 1024
+CAPACITY = HIGH_WATER + READ_SIZE
+
 _SocketOption = typing.Union[
     typing.Tuple[int, int, int],
     typing.Tuple[int, int, typing.Union[bytes, bytearray]],
@@ -63,13 +72,21 @@ def _expire(waiter: asyncio.Future[None], exc_type: _ExcType, message: str) -> N
         waiter.set_exception(exc_type(message))
 
 
-class _Protocol(asyncio.Protocol):
-    """Accumulates received bytes in one bytearray so reads can return large slices."""
+class _Protocol(asyncio.BufferedProtocol):
+    """Receives into one preallocated buffer, so reads can return large slices.
+
+    Unread bytes are ``_view[_start:_end]``. A ``BufferedProtocol`` lets asyncio's socket
+    transport ``recv_into`` the free tail, and asyncio's SSL protocol (3.11+) decrypt into
+    it; on 3.10 the SSL layer copies each decrypted chunk in through the same calls.
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.transport: asyncio.Transport | None = None
-        self.buffer = bytearray()
+        self._buf = bytearray()  # allocated at the first read (CAPACITY)
+        self._view = memoryview(self._buf)
+        self._start = 0  # first unread byte
+        self._end = 0  # end of the unread bytes, start of the free tail
         self.eof = False  # the peer finished sending
         self.lost = False  # connection_lost() was called
         self.exc: BaseException | None = None  # why it was lost, if by error
@@ -79,17 +96,63 @@ class _Protocol(asyncio.Protocol):
         self._drain_waiter: asyncio.Future[None] | None = None
         self._lost_waiter: asyncio.Future[None] | None = None
 
+    @property
+    def unread(self) -> int:
+        return self._end - self._start
+
     # -- asyncio callbacks -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = typing.cast(asyncio.Transport, transport)
 
-    def data_received(self, data: bytes) -> None:
-        buffer = self.buffer
-        buffer += data
-        if len(buffer) > HIGH_WATER and not self.reading_paused and self.transport:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        """The free tail of the buffer (never empty), after making room if it is short.
+
+        ``sizehint`` is -1 from the socket transport and the pending ciphertext (an upper
+        bound on the plaintext) from the SSL protocol.
+        """
+        end = self._end
+        need = MIN_FREE if sizehint <= MIN_FREE else min(sizehint, READ_SIZE)
+        if len(self._buf) - end < need:
+            self._make_room(need)
+            end = self._end
+        return self._view[end:]
+
+    def _make_room(self, need: int) -> None:
+        """Ensure ``need`` free bytes at the tail: move the unread bytes to the front, or,
+        if they fill too much (data delivered while paused), move them to a bigger buffer."""
+        start, end = self._start, self._end
+        unread = end - start
+        if unread + need <= len(self._buf):
+            if unread:  # memoryview assignment is a memmove: overlap is fine
+                self._view[:unread] = self._view[start:end]
+        else:
+            buf = bytearray(max(CAPACITY, unread + need))
+            if unread:
+                buf[:unread] = self._view[start:end]
+            self._buf = buf
+            self._view = memoryview(buf)
+        self._start, self._end = 0, unread
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._end += nbytes
+        if (
+            self._end - self._start > HIGH_WATER
+            and not self.reading_paused
+            and self.transport is not None
+        ):
             self.reading_paused = True
             self.transport.pause_reading()
         self._wake(self._read_waiter)
+
+    def data_received(self, data: bytes) -> None:
+        """For an event loop that ignores ``BufferedProtocol`` (asyncio's never do)."""
+        view = memoryview(data)
+        while view:
+            buf = self.get_buffer(len(view))
+            count = min(len(buf), len(view))
+            buf[:count] = view[:count]
+            self.buffer_updated(count)
+            view = view[count:]
 
     def eof_received(self) -> bool:
         self.eof = True
@@ -137,16 +200,21 @@ class _Protocol(asyncio.Protocol):
                 timer.cancel()
 
     def take(self, max_bytes: int) -> bytes:
-        """Remove and return up to ``max_bytes`` buffered bytes (never more)."""
-        buffer = self.buffer
-        if len(buffer) <= max_bytes:
-            data = bytes(buffer)
-            del buffer[:]
+        """Remove and return up to ``max_bytes`` buffered bytes (never more): one copy."""
+        start, end = self._start, self._end
+        stop = start + max_bytes
+        if stop >= end:
+            data = self._view[start:end].tobytes()
+            self._start = self._end = 0  # drained: the next read lands at the front
+            if len(self._buf) > CAPACITY:  # grown while paused (3.10 TLS): shrink back
+                self._buf = bytearray()
+                self._view = memoryview(self._buf)
+            left = 0
         else:
-            with memoryview(buffer) as view:
-                data = bytes(view[:max_bytes])
-            del buffer[:max_bytes]  # O(1): CPython advances the start of a bytearray
-        if self.reading_paused and len(buffer) <= LOW_WATER:
+            data = self._view[start:stop].tobytes()
+            self._start = stop
+            left = end - stop
+        if self.reading_paused and left <= LOW_WATER:
             self.reading_paused = False
             if self.transport is not None and not self.lost:
                 self.transport.resume_reading()
@@ -182,15 +250,15 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
     @property
     def buffered_bytes(self) -> int:
         """Bytes received but not yet read (for tests and diagnostics)."""
-        return len(self._protocol.buffer)
+        return self._protocol.unread
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         protocol = self._protocol
-        if not protocol.buffer and not protocol.eof and not protocol.lost:
+        if protocol._end == protocol._start and not protocol.eof and not protocol.lost:
             if self._closed:
                 raise httpcore.ReadError("read from a closed connection")
             await protocol.wait("_read_waiter", timeout, httpcore.ReadTimeout)
-        if protocol.buffer:
+        if protocol._end != protocol._start:
             # Bytes that arrived before an error or EOF are delivered first.
             return protocol.take(max_bytes)
         if protocol.exc is not None:
@@ -298,7 +366,7 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
             # The pool asks this of idle connections: readable means the server sent
             # something unasked, in practice that it closed the connection.
             protocol = self._protocol
-            if protocol.buffer or protocol.eof or protocol.lost or self._closed:
+            if protocol.unread or protocol.eof or protocol.lost or self._closed:
                 return True
             return _socket_readable(raw.get_extra_info("socket"))
         return None

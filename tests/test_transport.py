@@ -440,3 +440,85 @@ def test_tls_handshake_timeout_is_connect_timeout() -> None:
             asyncio.run(main())
     finally:
         srv.close()
+
+
+class FakeTransport:
+    """Records pause_reading/resume_reading, as a transport feeding _Protocol would see."""
+
+    def __init__(self) -> None:
+        self.paused = False
+        self.pauses = 0
+
+    def pause_reading(self) -> None:
+        assert not self.paused
+        self.paused = True
+        self.pauses += 1
+
+    def resume_reading(self) -> None:
+        assert self.paused
+        self.paused = False
+
+
+def new_protocol() -> tuple[typing.Any, FakeTransport]:
+    loop = asyncio.new_event_loop()
+    protocol = tr._Protocol(loop)
+    transport = FakeTransport()
+    protocol.connection_made(transport)  # type: ignore[arg-type]
+    loop.close()  # only wait() uses the loop
+    return protocol, transport
+
+
+def test_protocol_is_buffered() -> None:
+    """asyncio's transports read into a BufferedProtocol's buffer (no bytes per read)."""
+    assert issubclass(tr._Protocol, asyncio.BufferedProtocol)
+
+
+def test_buffer_stream_integrity_backpressure_and_bounded_size() -> None:
+    """Reads of random sizes interleaved with takes of random sizes, as a selector transport
+    (recv_into) and asyncio's SSL protocol (fills part of what it is offered) would do:
+    every byte comes out once, in order; the buffer never grows while reading is
+    honoured; every offered region is big enough for a full read."""
+    protocol, transport = new_protocol()
+    rng = random.Random(99)
+    source = memoryview(BIG)
+    sent = 0
+    out = bytearray()
+    peak = 0
+    while len(out) < len(BIG):
+        if not transport.paused and sent < len(BIG) and rng.random() < 0.6:
+            buf = protocol.get_buffer(rng.choice([-1, 100, 17_000, 300_000]))
+            assert len(buf) >= tr.MIN_FREE
+            assert len(protocol._buf) == tr.CAPACITY  # compacted, never grown
+            count = min(len(buf), rng.randint(1, 300_000), len(BIG) - sent)
+            buf[:count] = source[sent : sent + count]
+            del buf
+            protocol.buffer_updated(count)
+            sent += count
+            peak = max(peak, protocol.unread)
+        elif protocol.unread:
+            chunk = protocol.take(rng.choice([1, 1000, 65536, 65536, 1 << 20]))
+            assert isinstance(chunk, bytes) and chunk
+            out += chunk
+            if protocol.unread == 0:
+                assert protocol._start == protocol._end == 0
+    assert bytes(out) == BIG
+    assert transport.pauses > 0 and not transport.paused
+    assert tr.HIGH_WATER < peak <= tr.CAPACITY
+
+
+def test_buffer_grows_for_data_delivered_while_paused() -> None:
+    """Python 3.10's SSL layer copies decrypted chunks in even after pause_reading():
+    the buffer must take them all (growing), then shrink once drained."""
+    from asyncio import protocols
+
+    protocol, transport = new_protocol()
+    chunks = [DATA[i : i + 200_000] for i in range(0, 2_000_000, 200_000)]
+    for chunk in chunks:
+        protocols._feed_data_to_buffered_proto(protocol, chunk)  # type: ignore[attr-defined]
+    assert transport.paused and transport.pauses == 1
+    assert protocol.unread == 2_000_000 and len(protocol._buf) >= 2_000_000
+    got = b"".join(protocol.take(65536) for _ in range(2_000_000 // 65536 + 1))
+    assert got == DATA[:2_000_000] and not transport.paused
+    assert protocol.unread == 0 and len(protocol._buf) <= tr.CAPACITY
+    protocol.data_received(b"tail")  # the fallback path for a loop without get_buffer()
+    assert protocol.take(100) == b"tail"
