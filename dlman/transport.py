@@ -4,6 +4,8 @@ Why: on a fast link a Python downloader is CPU-bound, and httpcore's default bac
 through anyio, whose TLS runs in Python over ``ssl.MemoryBIO``. asyncio's transports do
 the socket I/O and (on 3.11+) TLS record handling with far less Python per byte, and a
 protocol that buffers whatever arrives lets each ``read()`` hand httpcore a full 64 KiB.
+That protocol is a ``BufferedProtocol``: the kernel (``recv_into``) or OpenSSL (3.11+)
+writes straight into its preallocated buffer, and ``read()`` copies each byte out once.
 
 Errors are raised as httpcore's exceptions, exactly as the anyio backend does, so httpx
 maps them to ``httpx.ConnectError`` / ``httpx.ReadTimeout`` / ... and dlman's retry logic

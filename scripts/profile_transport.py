@@ -8,6 +8,10 @@ both transports, over HTTP and HTTPS (a throw-away trustme CA), printing wall ti
 client's own CPU time (``resource.getrusage``; the server runs in another process).
 
     python scripts/profile_transport.py [--mib 256] [--repeat 3] [--server auto|nginx|python]
+        [--clients default,native,curl] [--http-url URL] [--https-url URL]
+
+With --http-url/--https-url it measures against a server already running (HTTPS without
+certificate checks) instead of starting one; --clients native skips the slow default.
 """
 
 from __future__ import annotations
@@ -151,7 +155,9 @@ def serve_python(path: Path, cert: Path, key: Path, http_port: int, https_port: 
 
 
 # ---------------------------------------------------------------- the measurement
-async def download(url: str, native: bool, verify: ssl.SSLContext) -> tuple[int, float, float]:
+async def download(
+    url: str, native: bool, verify: ssl.SSLContext | bool
+) -> tuple[int, float, float]:
     """One streamed download; returns (bytes, wall seconds, client CPU seconds)."""
     wall0, cpu0 = time.perf_counter(), cpu_seconds()
     limits = httpx.Limits()
@@ -178,11 +184,48 @@ def run_curl(url: str, cafile: Path) -> tuple[float, float] | None:
     return time.perf_counter() - wall0, cpu_seconds(resource.RUSAGE_CHILDREN) - cpu0
 
 
+def measure(
+    urls: list[tuple[str, str]],
+    verify: ssl.SSLContext | bool,
+    repeat: int,
+    clients: list[str],
+    cafile: Path | None,
+) -> None:
+    """Download each URL ``repeat`` times per client and print one line per (URL, client)."""
+    print(f"{'scheme':<6} {'client':<9} {'wall best':>9} {'wall med':>9} "
+          f"{'cpu best':>9} {'cpu med':>9} {'MiB/s':>7} {'MiB':>6}")
+    for scheme, url in urls:
+        mib = 0.0
+        for name in clients:
+            if name == "curl":
+                continue
+            walls, cpus, sizes = [], [], set()
+            for _ in range(repeat):
+                size, wall, cpu = asyncio.run(download(url, name == "native", verify))
+                sizes.add(size)
+                walls.append(wall)
+                cpus.append(cpu)
+            if len(sizes) != 1 or not size:
+                raise SystemExit(f"{name} {scheme}: got sizes {sorted(sizes)}")
+            mib = size / (1 << 20)
+            print(f"{scheme:<6} {name:<9} {min(walls):9.3f} {statistics.median(walls):9.3f}"
+                  f" {min(cpus):9.3f} {statistics.median(cpus):9.3f}"
+                  f" {mib / min(walls):7.0f} {mib:6.0f}")
+        curl = run_curl(url, cafile) if "curl" in clients else None
+        if curl:
+            print(f"{scheme:<6} {'curl':<9} {curl[0]:9.3f} {'':>9} {curl[1]:9.3f}"
+                  f" {'':>9} {(mib / curl[0]) if mib else float('nan'):7.0f}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mib", type=int, default=256, help="size to download (MiB)")
     parser.add_argument("--repeat", type=int, default=3, help="downloads per configuration")
     parser.add_argument("--server", choices=["auto", "nginx", "python"], default="auto")
+    parser.add_argument("--clients", default="default,native,curl",
+                        help="comma-separated, of: default, native, curl")
+    parser.add_argument("--http-url", help="use this running server instead of starting one")
+    parser.add_argument("--https-url", help="likewise (certificate not verified)")
     parser.add_argument("--serve", nargs=5, help=argparse.SUPPRESS)  # internal: be the sender
     args = parser.parse_args()
 
@@ -191,10 +234,18 @@ def main() -> int:
         serve_python(Path(path), Path(cert), Path(key), int(http_port), int(https_port))
         return 0
 
-    import trustme
-
+    clients = [name.strip() for name in args.clients.split(",") if name.strip()]
     if not native_backend_available():
         print("dlman.transport: native backend NOT available; it would fall back")
+    if args.http_url or args.https_url:
+        urls = [(s, u) for s, u in (("http", args.http_url), ("https", args.https_url)) if u]
+        print(f"existing server, {args.repeat} runs each, aiter_raw() without chunk_size; "
+              f"CPU = this process's user+sys")
+        measure(urls, False, args.repeat, [c for c in clients if c != "curl"], None)
+        return 0
+
+    import trustme
+
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         root.chmod(0o755)  # nginx workers may run as another user
@@ -225,25 +276,11 @@ def main() -> int:
             wait_for_port(https_port)
             print(f"{args.mib} MiB from {label} on loopback, {args.repeat} runs each, "
                   f"aiter_raw() without chunk_size; CPU = this process's user+sys")
-            print(f"{'scheme':<6} {'client':<9} {'wall best':>9} {'wall med':>9} "
-                  f"{'cpu best':>9} {'cpu med':>9} {'MiB/s':>7}")
-            for scheme, port in (("http", http_port), ("https", https_port)):
-                url = f"{scheme}://127.0.0.1:{port}/{FILE_NAME}"
-                for name, native in (("default", False), ("native", True)):
-                    walls, cpus = [], []
-                    for _ in range(args.repeat):
-                        size, wall, cpu = asyncio.run(download(url, native, verify))
-                        if size != args.mib << 20:
-                            raise SystemExit(f"{name} {scheme}: got {size} bytes")
-                        walls.append(wall)
-                        cpus.append(cpu)
-                    print(f"{scheme:<6} {name:<9} {min(walls):9.3f} {statistics.median(walls):9.3f}"
-                          f" {min(cpus):9.3f} {statistics.median(cpus):9.3f}"
-                          f" {args.mib / min(walls):7.0f}")
-                curl = run_curl(url, cafile)
-                if curl:
-                    print(f"{scheme:<6} {'curl':<9} {curl[0]:9.3f} {'':>9} {curl[1]:9.3f}"
-                          f" {'':>9} {args.mib / curl[0]:7.0f}")
+            urls = [
+                (scheme, f"{scheme}://127.0.0.1:{port}/{FILE_NAME}")
+                for scheme, port in (("http", http_port), ("https", https_port))
+            ]
+            measure(urls, verify, args.repeat, clients, cafile)
         finally:
             server.terminate()
             try:
