@@ -87,6 +87,34 @@ def _pread_all(fd: int, length: int, offset: int) -> bytes:
     return b"".join(pieces)
 
 
+def _open_part(path: Path, flags: int) -> int:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return os.open(path, flags, 0o644)
+
+
+def _flush_to_size(fd: int, size: int | None) -> int:
+    """Cut data past ``size`` (left by an older, longer file), flush; the size on disk."""
+    actual = os.fstat(fd).st_size
+    if size is not None and actual > size:
+        os.ftruncate(fd, size)
+        actual = size
+    os.fsync(fd)
+    return actual
+
+
+def _publish(part: Path, dest: Path, leftovers: tuple[Path, ...]) -> None:
+    """The atomic rename into place, then the state files go, then the directory is flushed."""
+    os.replace(part, dest)
+    for leftover in leftovers:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(leftover)
+    _fsync_dir(dest.parent)
+
+
+# One executor hop per step: many small files make the hop count matter.
+_open = aiofiles.os.wrap(_open_part)
+_flush = aiofiles.os.wrap(_flush_to_size)
+_rename_into_place = aiofiles.os.wrap(_publish)
 _pwritev = aiofiles.os.wrap(_pwritev_all)
 _pread = aiofiles.os.wrap(_pread_all)
 _fsync = aiofiles.os.wrap(os.fsync)
@@ -127,8 +155,7 @@ class PartFile:
         """Open (creating) the part file; ``truncate`` discards earlier partial data."""
         flags = os.O_RDWR | os.O_CREAT | (os.O_TRUNC if truncate else 0)
         try:
-            await aiofiles.os.makedirs(self.dest.parent, exist_ok=True)
-            self._fd = await aiofiles.os.wrap(os.open)(self.part, flags, 0o644)
+            self._fd = await _open(self.part, flags)
         except OSError as exc:
             raise storage_error(exc, self.part) from None
 
@@ -180,17 +207,12 @@ class PartFile:
         """
         assert self._fd is not None
         try:
-            await _fsync(self._fd)
-            actual = os.fstat(self._fd).st_size
+            actual = await _flush(self._fd, size)
         except OSError as exc:
             raise storage_error(exc, self.part) from None
         if size is not None and actual != size:
-            if actual > size:
-                os.ftruncate(self._fd, size)
-                actual = size
-            else:
-                raise DownloadError(f"{url}: got {actual} bytes of {size}; the data is kept for a resume",
-                                    url=url, path=str(self.part))
+            raise DownloadError(f"{url}: got {actual} bytes of {size}; the data is kept for a resume",
+                                url=url, path=str(self.part))
         if checksum is not None:
             digest = await _digest(str(self.part), checksum.algorithm)
             if digest != checksum.hexdigest:
@@ -201,11 +223,7 @@ class PartFile:
                     url=url, path=str(self.dest))
         self.close()
         try:
-            await aiofiles.os.replace(self.part, self.dest)
-            for leftover in (self.state_file, _temp_state(self.state_file)):
-                with contextlib.suppress(FileNotFoundError):
-                    await aiofiles.os.remove(leftover)
-            await aiofiles.os.wrap(_fsync_dir)(self.dest.parent)
+            await _rename_into_place(self.part, self.dest, (self.state_file, _temp_state(self.state_file)))
         except OSError as exc:
             raise storage_error(exc, self.dest) from None
         return actual
