@@ -14,7 +14,6 @@ import asyncio
 import json
 import logging
 import os
-import re
 import socket
 import sqlite3
 import threading

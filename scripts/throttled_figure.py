@@ -31,7 +31,7 @@ def main() -> None:
     args = parser.parse_args()
     data = make_data(args.size_mib * MiB)
     digest = hashlib.sha256(data).hexdigest()
-    print(f"| connections | wall s | served MiB | ideal s |\n|---|---|---|---|")
+    print("| connections | wall s | served MiB | ideal s |\n|---|---|---|---|")
     with FaultServer() as server:
         resource = server.add("/file.bin", data, throttle=int(args.rate_mib * MiB), auto_etag=True)
         for count in args.connections:
