@@ -189,7 +189,16 @@ def peak_kib(url: str, dest: Path) -> tuple[int, int]:
 
 
 def test_peak_memory_stays_flat_as_the_file_grows(server, make_data, tmp_path):
-    sizes = {"small": 64 * MiB, "large": 256 * MiB}
+    assert_flat_memory(server, make_data, tmp_path, small=64 * MiB, large=256 * MiB)
+
+
+@pytest.mark.slow
+def test_peak_memory_stays_flat_from_256_mib_to_1_gib(server, make_data, tmp_path):
+    assert_flat_memory(server, make_data, tmp_path, small=256 * MiB, large=1024 * MiB)
+
+
+def assert_flat_memory(server, make_data, tmp_path, *, small: int, large: int) -> None:
+    sizes = {"small": small, "large": large}
     peaks: dict[str, int] = {}
     maxrss: dict[str, int] = {}
     for name, size in sizes.items():
@@ -202,8 +211,8 @@ def test_peak_memory_stays_flat_as_the_file_grows(server, make_data, tmp_path):
         dest.unlink()
         server.add(f"/{name}.bin", b"")  # let the server drop its copy
         del data
-    print(f"\npeak RSS (VmHWM): 64 MiB download {peaks['small'] / 1024:.1f} MiB, "
-          f"256 MiB download {peaks['large'] / 1024:.1f} MiB (ru_maxrss, inherited from this "
+    print(f"\npeak RSS (VmHWM): {small // MiB} MiB download {peaks['small'] / 1024:.1f} MiB, "
+          f"{large // MiB} MiB download {peaks['large'] / 1024:.1f} MiB (ru_maxrss, inherited from this "
           f"process: {maxrss['small'] / 1024:.0f} and {maxrss['large'] / 1024:.0f} MiB)")
     # Flat: four times the file may cost a little noise, never memory proportional to the file.
     assert peaks["large"] <= 1.3 * peaks["small"] + 20 * 1024
