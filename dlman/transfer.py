@@ -142,6 +142,7 @@ class Transfer:
         self.active = 0
         self.single_stream = False    # set after the server proved untrustworthy with ranges
         self.refused_ranges = 0       # 416 answers so far: the first restarts, the next falls back
+        self.dead_mirrors: set[str] = set()
         # large positioned writes are cheap per byte; the budget keeps memory flat with many connections
         self.flush_bytes = min(FLUSH_BYTES, max(MIN_FLUSH, WRITE_BUDGET // connections))
 
@@ -270,6 +271,14 @@ class Transfer:
 
     # -- the first request -----------------------------------------------------------
     async def _first_response(self, first_range: str = "bytes=0-") -> httpx.Response:
+        """The first answer, from the first mirror that gives one (the others are dropped)."""
+        while True:
+            try:
+                return await self._first_response_from_primary(first_range)
+            except (HTTPStatusError, NetworkError) as failure:
+                self.url = self._other_mirror(self.url, failure, 0)
+
+    async def _first_response_from_primary(self, first_range: str) -> httpx.Response:
         """GET with ``Range: bytes=0-`` (no Range once ranges proved untrustworthy), retried."""
         failures = 0
         while True:
@@ -412,10 +421,21 @@ class Transfer:
                     return
             try:
                 await self._fetch_segment(part, remote, segment, url, response)
+            except (HTTPStatusError, NetworkError) as failure:
+                url = self._other_mirror(url, failure, index)
             finally:
                 response = None
                 self.plan.release(segment)
             segment = None
+
+    def _other_mirror(self, url: str, failure: DownloadError, index: int) -> str:
+        """A mirror that failed for good is dropped; the segment goes to the mirrors left."""
+        self.dead_mirrors.add(url)
+        alive = [u for u in self.urls if u not in self.dead_mirrors]
+        if not alive:
+            raise failure
+        log.warning("%s: %s; going on with the other mirrors", mask_url(url), failure)
+        return alive[index % len(alive)]
 
     async def _fetch_segment(self, part: PartFile, remote: _Remote, segment: Segment, url: str,
                              response: httpx.Response | None) -> None:

@@ -161,6 +161,23 @@ def test_mirrors_share_the_segments(server, server2, make_data, tmp_path):
     assert a.bytes_served > 0 and b.bytes_served > 0
 
 
+def test_a_dead_mirror_is_dropped_and_the_others_finish(server, server2, make_data, tmp_path):
+    data = make_data(8 * MiB)
+    server.add("/m", data, throttle=8 * MiB)
+    dead = server2.add("/m", data, status=404)
+    fetch([server.url("/m"), server2.url("/m")], tmp_path / "m", connections=4)
+    assert (tmp_path / "m").read_bytes() == data
+    assert dead.requests  # it was tried, and its failure did not fail the download
+
+
+def test_a_dead_first_mirror_is_skipped(server, server2, make_data, tmp_path):
+    data = make_data(2 * MiB)
+    server.add("/m", data, status=404)
+    server2.add("/m", data)
+    result = fetch([server.url("/m"), server2.url("/m")], tmp_path / "m", connections=2)
+    assert result.path.read_bytes() == data
+
+
 def test_per_host_connection_cap(server, make_data, tmp_path):
     data = make_data(8 * MiB)
     server.add("/cap", data, throttle=2 * MiB)
