@@ -183,7 +183,7 @@ def test_concurrent_claimers_never_share_a_job(tmp_path: Path) -> None:
         q.add_many([])
         for i in range(60):
             q.add(f"http://h/{i}")
-    ctx = multiprocessing.get_context("fork")
+    ctx = multiprocessing.get_context("spawn")  # fork is unsafe in a threaded test process
     found = ctx.Queue()
     workers = [ctx.Process(target=_claim_all, args=(home, found)) for _ in range(4)]
     for w in workers:
