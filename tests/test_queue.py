@@ -6,6 +6,8 @@ import asyncio
 import multiprocessing
 import os
 import stat
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -142,9 +144,8 @@ def test_remove_delete_keeps_finished_files(queue: Queue, tmp_path: Path) -> Non
 def test_dead_owner_is_taken_over(queue: Queue) -> None:
     job = queue.add("http://h/a")
     queue.claim("old-owner")
-    gone = multiprocessing.get_context("fork").Process(target=lambda: None)
-    gone.start()
-    gone.join()
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])  # a pid that has just ended
+    gone.wait()
     queue._conn.execute("UPDATE jobs SET owner_pid = ? WHERE id = ?", (gone.pid, job.id))
     assert queue.claim("new-owner").id == job.id
 
