@@ -94,13 +94,17 @@ class SegmentPlan:
         candidates = self.unfinished()
         if not candidates:
             return None
-        largest = max(candidates, key=lambda s: s.remaining)
-        if largest.remaining < 2 * minimum:
+        return self.split(max(candidates, key=lambda s: s.remaining), minimum)
+
+    def split(self, segment: Segment, minimum: int | None = None) -> Segment | None:
+        """Cut off the far half of ``segment`` as a new idle segment, if both halves keep ``minimum``."""
+        minimum = self.min_segment if minimum is None else minimum
+        if segment.remaining < 2 * minimum:
             return None
-        middle = max(largest.pos, largest.received) + largest.remaining // 2
-        tail = Segment(middle, largest.end, middle)
-        largest.end = middle
-        self.segments.insert(self.segments.index(largest) + 1, tail)
+        middle = max(segment.pos, segment.received) + segment.remaining // 2
+        tail = Segment(middle, segment.end, middle)
+        segment.end = middle
+        self.segments.insert(self.segments.index(segment) + 1, tail)
         return tail
 
     def release(self, segment: Segment) -> None:

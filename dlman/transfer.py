@@ -203,7 +203,13 @@ class Transfer:
             if first is not None:
                 first.busy = True
             if remote.ranges:
-                self.plan.split_evenly(self._connections_for(remote))
+                count = self._connections_for(remote)
+                self.plan.split_evenly(count)
+                if first is not None and count > 1:
+                    # The first request asked for bytes=0-, so its body runs past its segment:
+                    # a pacing server delivers the segment's last bytes only with its next
+                    # burst. A half share frees that connection early for a closed range.
+                    self.plan.split(first)
         else:
             first = None
         log.info("%s: downloading %s bytes to %s", mask_url(self.url),

@@ -68,9 +68,16 @@ def test_first_request_is_a_get_for_bytes_0_onwards(server, make_data, tmp_path)
 def test_ranges_supported_splits_over_connections(server, make_data, tmp_path):
     data = make_data(8 * MiB)
     res = server.add("/s", data, throttle=4 * MiB)
-    fetch(server.url("/s"), tmp_path / "s", connections=4)
+    busiest = 0
+
+    def on_progress(p: dlman.Progress) -> None:
+        nonlocal busiest
+        busiest = max(busiest, p.connections)
+
+    fetch(server.url("/s"), tmp_path / "s", connections=4, on_progress=on_progress)
     assert (tmp_path / "s").read_bytes() == data
-    assert res.max_active == 4
+    # the server may still count a connection the client has just closed
+    assert busiest == 4 and res.max_active >= 4
 
 
 def test_no_ranges_means_one_stream_from_the_start(server, make_data, tmp_path):

@@ -131,7 +131,7 @@ class FlushTracker:
 
 def test_every_saved_state_claims_only_fsynced_bytes_and_resumes_from_a_power_cut_image(
         server, make_data, tmp_path, monkeypatch):
-    data = make_data(6 * MiB, seed=21)
+    data = make_data(12 * MiB, seed=21)
     res = server.add("/pc.bin", data, throttle=1 * MiB, auto_etag=True)
     dest = tmp_path / "run" / "pc.bin"
     dest.parent.mkdir()
