@@ -315,3 +315,14 @@ class PlanMachine(RuleBasedStateMachine):
 
 PlanMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
 TestPlanMachine = PlanMachine.TestCase
+
+
+def test_split_cuts_the_given_segment_in_half_and_respects_the_minimum():
+    plan = SegmentPlan(100, min_segment=10)
+    first = plan.segments[0]
+    first.busy = True
+    first.received = 20
+    tail = plan.split(first)
+    assert tail is not None and (first.end, tail.start, tail.end) == (60, 60, 100) and not tail.busy
+    small = SegmentPlan(30, min_segment=20)
+    assert small.split(small.segments[0]) is None and small.missing() == [(0, 30)]
