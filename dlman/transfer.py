@@ -176,9 +176,10 @@ class Transfer:
             remote = self._describe(response)
             if directory_mode:
                 self.path = self._name_from(response)
-                if self._resumable_state(remote) is not None:
+                state = self._resumable_state(remote)
+                if state is not None:
                     await response.aclose()
-                    resumed = await self._try_resume()
+                    resumed = await self._try_resume(state)
                     if resumed is not None:
                         return resumed
                     response = await self._first_response()
@@ -251,12 +252,12 @@ class Transfer:
             return None
         return state
 
-    async def _try_resume(self) -> DownloadResult | None:
-        """Continue from ``NAME.part.state``; None when there is nothing to resume."""
+    async def _try_resume(self, state: ResumeState | None = None) -> DownloadResult | None:
+        """Continue from ``NAME.part.state`` (read here unless given); None when nothing to resume."""
         assert self.path is not None
         if self.path.exists() or self.single_stream:
             return None
-        state = self._load_state()
+        state = state or self._load_state()
         if state is None:
             return None
         assert state.size is not None
@@ -324,8 +325,7 @@ class Transfer:
                     f"{mask_url(self.url)}: the server answered a range with an invalid Content-Range "
                     f"({response.headers.get('content-range')!r})", url=self.url)
             return _Remote(content_range.total, True, etag, modified, encoding)
-        length = response.headers.get("content-length")
-        size = int(length) if length is not None and length.isascii() and length.isdigit() else None
+        size = _content_length(response)
         if "chunked" in response.headers.get("transfer-encoding", "").lower():
             size = None
         return _Remote(size, False, etag, modified, encoding)
@@ -773,6 +773,10 @@ def _body_end(response: httpx.Response) -> int | None:
     if response.status_code == 206:
         content_range = parse_content_range(response.headers.get("content-range"))
         return None if content_range is None or content_range.end is None else content_range.end + 1
+    return _content_length(response)
+
+
+def _content_length(response: httpx.Response) -> int | None:
     length = response.headers.get("content-length")
     return int(length) if length is not None and length.isascii() and length.isdigit() else None
 
