@@ -6,7 +6,9 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
+
+import dlman
 
 T = TypeVar("T")
 
@@ -32,3 +34,9 @@ def saved_bytes(dest: Path) -> int:
     except (OSError, ValueError):
         return 0
     return raw["size"] - sum(b - a for a, b in raw["missing"])
+
+
+def fetch(url: str | list[str], dest: Path | str, **options: Any) -> dlman.DownloadResult:
+    """A blocking download with a short timeout, so a failing test fails fast."""
+    options.setdefault("timeout", 5)
+    return dlman.download(url, dest, **options)

@@ -14,14 +14,10 @@ import pytest
 
 import dlman
 from faultserver import FaultServer
-from helpers import saved_bytes
+from helpers import fetch, saved_bytes
 
 MiB = 1 << 20
 
-
-def fetch(url: str | list[str], dest: Path | str, **options) -> dlman.DownloadResult:
-    options.setdefault("timeout", 5)
-    return dlman.download(url, dest, **options)
 
 
 def leftovers(directory: Path) -> list[str]:

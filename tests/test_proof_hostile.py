@@ -19,13 +19,10 @@ from pathlib import Path
 import pytest
 
 import dlman
+from helpers import fetch
 
 MiB = 1 << 20
 
-
-def fetch(url: str, dest: Path | str, **options) -> dlman.DownloadResult:
-    options.setdefault("timeout", 5)
-    return dlman.download(url, dest, **options)
 
 
 def files_under(root: Path) -> list[str]:

@@ -22,14 +22,10 @@ import pytest
 import dlman
 import dlman.storage as storage
 from dlman.state import ResumeState
-from helpers import saved_bytes
+from helpers import fetch, saved_bytes
 
 MiB = 1 << 20
 
-
-def fetch(url: str, dest: Path, **options) -> dlman.DownloadResult:
-    options.setdefault("timeout", 5)
-    return dlman.download(url, dest, **options)
 
 
 def claimed(state: ResumeState) -> list[tuple[int, int]]:

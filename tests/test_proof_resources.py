@@ -18,14 +18,10 @@ from pathlib import Path
 import pytest
 
 import dlman
-from helpers import saved_bytes
+from helpers import fetch, saved_bytes
 
 MiB = 1 << 20
 
-
-def fetch(url: str, dest: Path | str, **options) -> dlman.DownloadResult:
-    options.setdefault("timeout", 5)
-    return dlman.download(url, dest, **options)
 
 
 def mount(*args: str) -> None:
