@@ -17,7 +17,7 @@ from dlman.errors import (
     StorageError,
 )
 from dlman.queue import Job, Queue
-from dlman.transfer import DownloadResult, Progress
+from dlman.result import DownloadResult, Progress
 
 __version__ = "0.1.0"
 

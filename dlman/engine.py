@@ -26,7 +26,8 @@ from dlman.options import (
 )
 from dlman.ratelimit import RateLimiter
 from dlman.segments import DEFAULT_MIN_SEGMENT
-from dlman.transfer import DownloadResult, Progress, Transfer
+from dlman.result import DownloadResult, Progress
+from dlman.transfer import Transfer
 
 log = logging.getLogger("dlman")
 

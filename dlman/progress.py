@@ -15,7 +15,7 @@ from tqdm import tqdm
 from dlman.options import mask_url, redact
 
 if TYPE_CHECKING:
-    from dlman.transfer import Progress
+    from dlman.result import Progress
     from dlman.queue import Job, Outcome
 
 _UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")

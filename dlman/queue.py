@@ -32,7 +32,7 @@ from dlman.naming import part_path, state_path
 from dlman.options import check_connections, check_urls, mask_header, mask_url, normalise_headers, redact
 
 if TYPE_CHECKING:
-    from dlman.transfer import DownloadResult, Progress
+    from dlman.result import DownloadResult, Progress
 
 log = logging.getLogger("dlman")
 

@@ -38,6 +38,7 @@ from dlman.httpheaders import (
 )
 from dlman.naming import choose_name, contained
 from dlman.options import Headers, mask_url
+from dlman.result import DownloadResult, Progress
 from dlman.retry import RetryPolicy, is_retryable_status, status_message
 from dlman.segments import Segment, SegmentPlan
 from dlman.state import ResumeState, StateError
@@ -54,30 +55,6 @@ OVERLAP_BYTES = 16 << 10       # re-fetched and compared on a resume without val
 MAX_RESTARTS = 3               # restarts after the remote file changed, before giving up
 PROGRESS_INTERVAL = 0.2
 LOW_SPEED_BYTES = 1024         # fewer bytes than this in `timeout` seconds is a stall
-
-
-@dataclass(frozen=True)
-class Progress:
-    """A snapshot for progress callbacks: bytes received so far, of ``total`` when known.
-
-    Received bytes are written within a fraction of a second; after a stop they
-    are all on disk, so the last snapshot of a cancelled download is exact.
-    """
-
-    path: Path | None
-    downloaded: int
-    total: int | None
-    connections: int
-
-
-@dataclass(frozen=True)
-class DownloadResult:
-    """A finished download: the verified file and its size."""
-
-    path: Path
-    size: int
-    url: str
-    skipped: bool = False
 
 
 class _Restart(Exception):

@@ -14,7 +14,7 @@ from dlman import queue as queue_module
 from dlman.cli import cli
 from dlman.progress import BarDisplay, LineDisplay, human_size
 from dlman.queue import Outcome
-from dlman.transfer import Progress
+from dlman.result import Progress
 from test_queue import FakeEngine
 
 SHA = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"

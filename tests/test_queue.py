@@ -18,7 +18,7 @@ import pytest
 from dlman.errors import HTTPStatusError, InvalidInputError
 from dlman.home import resolve_home
 from dlman.queue import STALE_AFTER, Outcome, Queue, redact
-from dlman.transfer import DownloadResult, Progress
+from dlman.result import DownloadResult, Progress
 
 
 @pytest.fixture
