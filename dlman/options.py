@@ -74,12 +74,18 @@ def normalise_headers(headers: HeadersInput) -> Headers:
 _SECRET_HEADERS = {"authorization", "proxy-authorization", "cookie", "x-api-key", "api-key"}
 
 
+def is_secret_header(name: str) -> bool:
+    """Whether a header carries credentials: masked when shown, sent only to its own origin."""
+    lowered = name.strip().lower()
+    return lowered in _SECRET_HEADERS or "token" in lowered or "secret" in lowered
+
+
 def mask_header(text: str) -> str:
     """A header line safe to print: values of credential-bearing headers become ``***``."""
     name, sep, _value = text.partition(":")
     if not sep:
         return "***"
-    if name.strip().lower() in _SECRET_HEADERS or "token" in name.lower() or "secret" in name.lower():
+    if is_secret_header(name):
         return f"{name.strip()}: ***"
     return text
 
