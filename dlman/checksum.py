@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import threading
 from dataclasses import dataclass
 
 from dlman.errors import InvalidInputError
@@ -46,13 +47,24 @@ def parse_checksum(text: str) -> Checksum:
     return Checksum(algorithm, digest)
 
 
-def file_digest(path: str, algorithm: str, block_size: int = 1 << 20) -> str:
-    """Hex digest of a file, read in large blocks (run it off the event loop)."""
+class DigestStopped(Exception):
+    """``file_digest`` was asked to stop before the end of the file."""
+
+
+def file_digest(path: str, algorithm: str, block_size: int = 1 << 20,
+                stop: threading.Event | None = None) -> str:
+    """Hex digest of a file, read in large blocks (run it off the event loop).
+
+    ``stop`` is checked between blocks, so a caller that is cancelled (Ctrl-C
+    during the verification of a large file) need not wait for the whole file.
+    """
     digest = hashlib.new(algorithm)
     with open(path, "rb", buffering=0) as handle:
         buffer = bytearray(block_size)
         view = memoryview(buffer)
         while True:
+            if stop is not None and stop.is_set():
+                raise DigestStopped(path)
             count = handle.readinto(buffer)
             if not count:
                 break

@@ -10,6 +10,7 @@ import asyncio
 import concurrent.futures
 import logging
 import os
+import ssl
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import httpx
 
 from dlman.checksum import parse_checksum
+from dlman.errors import InvalidInputError
 from dlman.options import (
     HeadersInput,
     check_connections,
@@ -50,6 +52,24 @@ def _netrc_auth() -> httpx.Auth | None:
         return None
 
 
+def _ssl_context(insecure: bool) -> tuple[ssl.SSLContext, str | None]:
+    """The TLS context for every connection, and why it trusts nothing if the CAs would not load.
+
+    A bad ``SSL_CERT_FILE``/``SSL_CERT_DIR`` must not break plain HTTP (curl's
+    behaviour): the context then trusts no certificate at all, so HTTPS fails
+    (with the variable and its path named) and never falls back to other CAs.
+    """
+    if insecure:
+        return httpx.create_ssl_context(verify=False), None
+    try:
+        return httpx.create_ssl_context(verify=True, trust_env=True), None
+    except (OSError, ssl.SSLError) as exc:
+        name = "SSL_CERT_FILE" if os.environ.get("SSL_CERT_FILE") else "SSL_CERT_DIR"
+        why = getattr(exc, "strerror", None) or str(exc)
+        problem = f"cannot load CA certificates from {name}={os.environ.get(name, '')} ({why})"
+        return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), problem
+
+
 def _proxy_configured() -> bool:
     return any(os.environ.get(name) for name in
                ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"))
@@ -68,10 +88,10 @@ class Engine:
                  overwrite: bool = False, min_segment: int = DEFAULT_MIN_SEGMENT,
                  max_connections_per_host: int = DEFAULT_PER_HOST, save_interval: float = 1.0) -> None:
         self.connections = check_connections(connections)
-        if retries < 0:
-            raise ValueError("retries must be >= 0")
-        if timeout <= 0:
-            raise ValueError("timeout must be positive")
+        if type(retries) is not int or retries < 0:
+            raise InvalidInputError(f"retries must be a whole number >= 0, got {retries!r}")
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+            raise InvalidInputError(f"timeout must be a positive number of seconds, got {timeout!r}")
         self.retries = retries
         self.timeout = float(timeout)
         self.headers = normalise_headers(headers)
@@ -85,6 +105,8 @@ class Engine:
         self.save_interval = save_interval
         self._host_slots: dict[str, asyncio.Semaphore] = {}
         self._client: httpx.AsyncClient | None = None
+        self._netrc: httpx.Auth | None = None
+        self.tls_problem: str | None = None
         if insecure:
             log.warning("TLS certificate verification is disabled (--insecure)")
 
@@ -105,6 +127,10 @@ class Engine:
 
     def _make_client(self) -> httpx.AsyncClient:
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=64, keepalive_expiry=5.0)
+        context, self.tls_problem = _ssl_context(self.insecure)
+        if self.tls_problem:
+            log.warning("%s; HTTPS downloads will fail", self.tls_problem)
+        self._netrc = _netrc_auth()
         options: dict[str, Any] = {}
         if not _proxy_configured():
             try:
@@ -112,20 +138,27 @@ class Engine:
             except ImportError:
                 transport = None  # type: ignore[assignment]
             if transport is not None and transport.native_backend_available():
-                options["transport"] = transport.make_transport(
-                    verify=not self.insecure, http2=self.http2, limits=limits)
+                options["transport"] = transport.make_transport(verify=context, http2=self.http2, limits=limits)
         return httpx.AsyncClient(
             http2=self.http2,
-            verify=not self.insecure,
+            verify=context,
             timeout=httpx.Timeout(self.timeout, pool=None),
             limits=limits,
             follow_redirects=True,
             max_redirects=20,
             trust_env=True,
-            auth=_netrc_auth(),
             headers={"Accept-Encoding": "identity", "User-Agent": USER_AGENT},
             **options,
         )
+
+    def auth_for(self, request: httpx.Request) -> httpx.Auth | None:
+        """Credentials for one request, in curl's order: an explicit Authorization header, then the
+        URL's ``user:password``, then ``~/.netrc`` (None lets httpx use the URL's)."""
+        if "authorization" in request.headers:
+            return httpx.Auth()  # sends the request as it is
+        if request.url.username or request.url.password:
+            return None
+        return self._netrc or httpx.Auth()
 
     async def acquire_host_slot(self, host: str) -> Callable[[], None]:
         """Wait for one of ``max_connections_per_host`` slots; returns its (idempotent) release."""

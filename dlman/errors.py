@@ -36,6 +36,10 @@ class DestinationExistsError(DownloadError):
     """The destination exists and differs from the remote file; ``overwrite`` was not given."""
 
 
+class DestinationBusyError(DownloadError):
+    """Another transfer (in this process or another) is writing the same destination."""
+
+
 class StorageError(DownloadError):
     """Writing to disk failed (disk full, permission denied); partial data is kept."""
 

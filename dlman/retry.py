@@ -13,16 +13,14 @@ def is_retryable_status(status: int) -> bool:
     return status in RETRYABLE_STATUSES or 500 <= status <= 599
 
 
-def status_message(status: int, reason: str = "") -> str:
-    """The sentence a user sees for a status that ends a download."""
-    if status == 404:
-        return "not found (HTTP 404)"
-    if status in (401, 403):
-        return f"not authorised (HTTP {status})"
-    if status == 410:
-        return "gone (HTTP 410)"
-    text = f"HTTP {status}"
-    return f"{text} {reason}".strip() if reason else text
+def status_message(status: int, reason: str = "", detail: str | None = None) -> str:
+    """The sentence a user sees for a status that ends a download (``detail``: the server's own words)."""
+    named = {404: "not found", 401: "not authorised", 403: "not authorised", 410: "gone"}.get(status)
+    code = f"HTTP {status}: {detail}" if detail else f"HTTP {status}"
+    if named:
+        return f"{named} ({code})"
+    text = f"HTTP {status} {reason}".strip()
+    return f"{text}: {detail}" if detail else text
 
 
 @dataclass(frozen=True)

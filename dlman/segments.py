@@ -25,8 +25,9 @@ class Segment:
 
     ``received`` runs ahead of ``pos`` by what a connection holds in memory or is
     writing; a split never cuts below it, so no byte is fetched twice.
-    ``check_from`` marks a resumed segment whose first request must re-fetch
-    ``[check_from, start)`` and compare it with the disk (no validators to trust).
+    ``reach`` is where the body now feeding it ends (None when no body is): a
+    takeover that fails before its first byte is given back to the segment it
+    was cut from when that segment's body still covers it.
     """
 
     start: int
@@ -34,7 +35,7 @@ class Segment:
     pos: int
     busy: bool = False
     received: int = -1
-    check_from: int | None = None
+    reach: int | None = None
 
     def __post_init__(self) -> None:
         self.received = max(self.received, self.pos)
@@ -107,6 +108,18 @@ class SegmentPlan:
         self.segments.insert(self.segments.index(segment) + 1, tail)
         return tail
 
+    def give_back(self, segment: Segment) -> None:
+        """A connection gives up on ``segment``: the segment before it absorbs it when its body
+        still covers it (a takeover refused while the cut connection streams on), else it
+        waits, idle, for another connection."""
+        segment.busy = False
+        index = self.segments.index(segment)
+        before = self.segments[index - 1] if index > 0 else None
+        if (before is not None and before.busy and before.end == segment.start == segment.pos
+                and before.reach is not None and before.reach >= segment.end):
+            before.end = segment.end
+            del self.segments[index]
+
     def release(self, segment: Segment) -> None:
         """A connection stopped working on ``segment`` (finished, failed or cancelled)."""
         segment.busy = False
@@ -116,6 +129,10 @@ class SegmentPlan:
     def missing(self) -> list[tuple[int, int]]:
         """The byte ranges not yet on disk, merged and sorted."""
         return normalise(((s.pos, s.end) for s in self.segments), self.size)
+
+    def written(self) -> list[tuple[int, int]]:
+        """The byte ranges on disk, merged and sorted."""
+        return complement(self.missing(), self.size)
 
     @property
     def downloaded(self) -> int:
@@ -143,3 +160,15 @@ def normalise(intervals: Iterable[tuple[int, int]], size: int) -> list[tuple[int
         else:
             merged.append((a, b))
     return merged
+
+
+def complement(missing: list[tuple[int, int]], size: int) -> list[tuple[int, int]]:
+    """The ranges of ``[0, size)`` not in ``missing`` (sorted, disjoint)."""
+    ranges, cursor = [], 0
+    for start, end in missing:
+        if start > cursor:
+            ranges.append((cursor, start))
+        cursor = end
+    if cursor < size:
+        ranges.append((cursor, size))
+    return ranges

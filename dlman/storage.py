@@ -1,5 +1,12 @@
 """The file side of a download: ``NAME.part``, ``NAME.part.state`` and the final rename.
 
+One transfer at a time owns a destination: it holds an exclusive lock on the
+open ``NAME.part`` for its whole life, across processes, so a second job for
+the same file fails clearly instead of interleaving its bytes. Nothing here
+follows a symbolic link planted at ``NAME.part`` or its state files, and the
+finished file is published without clobbering a destination that appeared
+meanwhile (unless asked to overwrite).
+
 Every blocking call runs off the event loop through aiofiles. The write order is
 the crash-safe one (data, fsync data, state to a temp file, fsync, rename over
 the old state, fsync the directory), so a state file never claims bytes that a
@@ -8,27 +15,40 @@ kill -9 or a power cut could have lost.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
+import fcntl
+import functools
+import hashlib
 import os
+import stat
+import threading
 from pathlib import Path
 
 import aiofiles.os
 
-from dlman.checksum import Checksum, file_digest
-from dlman.errors import ChecksumError, DownloadError, StorageError
+from dlman.checksum import Checksum, DigestStopped
+from dlman.errors import ChecksumError, DestinationBusyError, DestinationExistsError, DownloadError, StorageError
 from dlman.naming import part_path, state_path
-from dlman.state import ResumeState
+from dlman.state import ResumeState, StateError
 
 _DISK_ERRNOS = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded",
                 errno.EACCES: "permission denied", errno.EPERM: "permission denied",
-                errno.EROFS: "read-only file system"}
+                errno.EROFS: "read-only file system", errno.ELOOP: "it is a symbolic link (not followed)"}
+_NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EXDEV, errno.EMLINK}
+MAX_STATE_BYTES = 1 << 20
+_OPEN_FLAGS = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def storage_error(exc: OSError, path: Path) -> StorageError:
     """One clear sentence naming the path, for disk full and permission errors alike."""
     why = _DISK_ERRNOS.get(exc.errno or 0) or exc.strerror or str(exc)
     return StorageError(f"cannot write {path}: {why}", path=str(path))
+
+
+class _Busy(Exception):
+    pass
 
 
 def _pwritev_all(fd: int, chunks: list[bytes], offset: int) -> None:
@@ -57,9 +77,12 @@ def _temp_state(path: Path) -> Path:
 
 
 def _write_state(path: Path, data: bytes) -> None:
+    """Replace the state file atomically; the temp file is created fresh, never through a link."""
     temp = _temp_state(path)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(temp)  # a leftover of a kill mid-save, or something planted: ours to remove
     try:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
             view = memoryview(data)
             while view:
@@ -87,9 +110,58 @@ def _pread_all(fd: int, length: int, offset: int) -> bytes:
     return b"".join(pieces)
 
 
-def _open_part(path: Path, flags: int) -> int:
+def _lock_part(path: Path, dest: Path) -> tuple[int, bool]:
+    """Open ``path`` (created if missing) and lock it exclusively: (fd, created).
+
+    The lock is taken without waiting (``_Busy`` when another transfer holds it).
+    The name may have been unlinked or replaced between open and lock (a finished
+    transfer renames its part away), so the lock counts only when the name still
+    leads to the locked file. A part that is already the destination's inode
+    (a kill between publishing and unlinking) is cleared away first.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    return os.open(path, flags, 0o644)
+    while True:
+        created = False
+        try:
+            fd = os.open(path, _OPEN_FLAGS)
+        except FileNotFoundError:
+            try:
+                fd = os.open(path, _OPEN_FLAGS | os.O_CREAT | os.O_EXCL, 0o644)
+                created = True
+            except FileExistsError:
+                continue
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise OSError(errno.EINVAL, "not a regular file")
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise _Busy() from None
+            try:
+                current = os.lstat(path)
+            except FileNotFoundError:
+                current = None
+            if current is not None and os.path.samestat(info, current):
+                with contextlib.suppress(FileNotFoundError):
+                    if os.path.samestat(info, os.lstat(dest)):
+                        for leftover in (path, state_path(dest)):
+                            with contextlib.suppress(FileNotFoundError):
+                                os.unlink(leftover)
+                        os.close(fd)
+                        continue
+                return fd, created
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+
+
+def _truncate(fd: int, state: Path) -> None:
+    os.ftruncate(fd, 0)
+    for path in (state, _temp_state(state)):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
 
 
 def _flush_to_size(fd: int, size: int | None) -> int:
@@ -102,68 +174,177 @@ def _flush_to_size(fd: int, size: int | None) -> int:
     return actual
 
 
-def _publish(part: Path, dest: Path, leftovers: tuple[Path, ...]) -> None:
-    """The atomic rename into place, then the state files go, then the directory is flushed."""
-    os.replace(part, dest)
+def _fd_digest(fd: int, algorithm: str, stop: threading.Event, block_size: int = 1 << 20) -> str:
+    """Digest of the open part file (read through the locked descriptor, not its name)."""
+    digest = hashlib.new(algorithm)
+    buffer = bytearray(block_size)
+    view = memoryview(buffer)
+    offset = 0
+    while True:
+        if stop.is_set():
+            raise DigestStopped()
+        count = os.preadv(fd, [buffer], offset)
+        if not count:
+            return digest.hexdigest()
+        digest.update(view[:count])
+        offset += count
+
+
+def _same_content(fd: int, other: Path, stop: threading.Event, block_size: int = 1 << 20) -> bool:
+    with open(other, "rb", buffering=0) as handle:
+        if os.fstat(handle.fileno()).st_size != os.fstat(fd).st_size:
+            return False
+        offset = 0
+        while True:
+            if stop.is_set():
+                raise DigestStopped()
+            mine = os.pread(fd, block_size, offset)
+            theirs = handle.read(block_size)
+            if mine != theirs:
+                return False
+            if not mine:
+                return True
+            offset += len(mine)
+
+
+def _publish(part: Path, dest: Path, leftovers: tuple[Path, ...], overwrite: bool) -> None:
+    """Put the part under the destination name atomically, then drop the state, then flush the directory.
+
+    Without ``overwrite`` a hard link makes the name appear only if nothing holds
+    it yet (FileExistsError otherwise); where hard links are not supported, the
+    check and the rename are two steps.
+    """
+    if overwrite:
+        os.replace(part, dest)
+    else:
+        try:
+            os.link(part, dest, follow_symlinks=False)
+        except FileExistsError:
+            raise
+        except OSError as exc:
+            if exc.errno not in _NO_HARD_LINKS:
+                raise
+            if os.path.lexists(dest):
+                raise FileExistsError(errno.EEXIST, "exists", str(dest)) from None
+            os.replace(part, dest)
+        else:
+            os.unlink(part)
     for leftover in leftovers:
         with contextlib.suppress(FileNotFoundError):
             os.remove(leftover)
     _fsync_dir(dest.parent)
 
 
+def _remove(paths: tuple[Path, ...]) -> None:
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+
+
 # One executor hop per step: many small files make the hop count matter.
-_open = aiofiles.os.wrap(_open_part)
+_lock = aiofiles.os.wrap(_lock_part)
+_truncate_part = aiofiles.os.wrap(_truncate)
 _flush = aiofiles.os.wrap(_flush_to_size)
 _rename_into_place = aiofiles.os.wrap(_publish)
+_remove_files = aiofiles.os.wrap(_remove)
 _pwritev = aiofiles.os.wrap(_pwritev_all)
 _pread = aiofiles.os.wrap(_pread_all)
 _fsync = aiofiles.os.wrap(os.fsync)
 _save_state = aiofiles.os.wrap(_write_state)
-_digest = aiofiles.os.wrap(file_digest)
+
+
+async def stoppable(function: functools.partial[str]) -> str:
+    """Run a long digest in a thread; a cancelled caller stops it within a block, not at the end."""
+    stop = threading.Event()
+    future = asyncio.get_running_loop().run_in_executor(None, functools.partial(function, stop=stop))
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        stop.set()
+        await asyncio.wait([future])  # the thread ends within one block
+        if not future.cancelled():
+            future.exception()  # DigestStopped: expected, and retrieved so it is not reported
+        raise
 
 
 class PartFile:
-    """An open ``NAME.part`` with its state file, owned by one download at a time."""
+    """``NAME.part`` with its state file, owned by one transfer at a time (see ``lock``)."""
 
     def __init__(self, dest: Path) -> None:
         self.dest = dest
         self.part = part_path(dest)
         self.state_file = state_path(dest)
         self._fd: int | None = None
+        self._created = False
+
+    @property
+    def locked(self) -> bool:
+        return self._fd is not None
+
+    async def lock(self) -> None:
+        """Own the destination: open ``NAME.part`` and hold its lock until ``release``."""
+        try:
+            self._fd, self._created = await _lock(self.part, self.dest)
+        except _Busy:
+            raise DestinationBusyError(f"{self.dest} is being downloaded by another transfer; "
+                                       "try again when it has finished", path=str(self.dest)) from None
+        except OSError as exc:
+            raise storage_error(exc, self.part) from None
+
+    def release(self) -> None:
+        """Give up the destination; a part created by this transfer that stayed empty goes too."""
+        if self._fd is None:
+            return
+        try:
+            if self._created and os.fstat(self._fd).st_size == 0 and not os.path.lexists(self.state_file):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.part)
+        except OSError:
+            pass
+        finally:
+            os.close(self._fd)
+            self._fd = None
 
     # -- state -------------------------------------------------------------------
     def read_state(self) -> bytes | None:
-        """The raw state file, or None when there is none."""
+        """The raw state file, None when there is none; StateError for one not to be trusted."""
         try:
-            return self.state_file.read_bytes()
+            fd = os.open(self.state_file, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
             return None
         except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise StateError("the state file is a symbolic link") from None
             raise storage_error(exc, self.state_file) from None
+        with os.fdopen(fd, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                raise StateError("the state file is not a regular file")
+            data = handle.read(MAX_STATE_BYTES + 1)
+        if len(data) > MAX_STATE_BYTES:
+            raise StateError("the state file is too large")
+        return data
 
     async def save_state(self, state: ResumeState) -> None:
         """Flush the data, then atomically replace the state (the crash-safe order)."""
+        assert self._fd is not None
         try:
-            if self._fd is not None:
-                await _fsync(self._fd)
+            await _fsync(self._fd)
             await _save_state(self.state_file, state.encode())
         except OSError as exc:
             raise storage_error(exc, self.state_file) from None
 
     # -- data --------------------------------------------------------------------
-    async def open(self, *, truncate: bool) -> None:
-        """Open (creating) the part file; ``truncate`` discards earlier partial data."""
-        flags = os.O_RDWR | os.O_CREAT | (os.O_TRUNC if truncate else 0)
+    async def truncate(self) -> None:
+        """Start over: no data, no state (the lock is kept)."""
+        assert self._fd is not None
         try:
-            self._fd = await _open(self.part, flags)
+            await _truncate_part(self._fd, self.state_file)
         except OSError as exc:
             raise storage_error(exc, self.part) from None
 
     def size_on_disk(self) -> int:
-        try:
-            return self.part.stat().st_size
-        except FileNotFoundError:
-            return 0
+        assert self._fd is not None
+        return os.fstat(self._fd).st_size
 
     async def write(self, offset: int, chunks: list[bytes]) -> None:
         assert self._fd is not None
@@ -184,24 +365,21 @@ class PartFile:
         assert self._fd is not None
         return await _pread(self._fd, length, offset)
 
-    def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+    async def same_as(self, other: Path) -> bool:
+        """Whether the part holds exactly the bytes of ``other`` (an existing destination)."""
+        assert self._fd is not None
+        return await stoppable(functools.partial(_same_content, self._fd, other))
 
-    async def discard(self) -> None:
-        """Remove partial data and state (restart or bad checksum)."""
-        self.close()
-        for path in (self.part, self.state_file, _temp_state(self.state_file)):
-            try:
-                await aiofiles.os.remove(path)
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                raise storage_error(exc, path) from None
+    async def delete(self) -> None:
+        """Remove partial data and state (a bad checksum); the lock is held until ``release``."""
+        try:
+            await _remove_files((self.part, self.state_file, _temp_state(self.state_file)))
+        except OSError as exc:
+            raise storage_error(exc, self.part) from None
 
-    async def finish(self, size: int | None, checksum: Checksum | None, url: str) -> int:
-        """Verify, flush and atomically rename the part file into place; returns the size.
+    async def finish(self, size: int | None, checksum: Checksum | None, url: str, *,
+                     overwrite: bool) -> int:
+        """Verify, flush and atomically publish the part file under its name; returns the size.
 
         The destination name appears only for a complete, verified, durable file.
         """
@@ -214,16 +392,24 @@ class PartFile:
             raise DownloadError(f"{url}: got {actual} bytes of {size}; the data is kept for a resume",
                                 url=url, path=str(self.part))
         if checksum is not None:
-            digest = await _digest(str(self.part), checksum.algorithm)
+            try:
+                digest = await stoppable(functools.partial(_fd_digest, self._fd, checksum.algorithm))
+            except OSError as exc:
+                raise storage_error(exc, self.part) from None
             if digest != checksum.hexdigest:
-                await self.discard()
+                await self.delete()
                 raise ChecksumError(
                     f"{self.dest}: {checksum.algorithm} checksum mismatch (expected "
                     f"{checksum.hexdigest}, got {digest}); the bad data was deleted",
                     url=url, path=str(self.dest))
-        self.close()
         try:
-            await _rename_into_place(self.part, self.dest, (self.state_file, _temp_state(self.state_file)))
+            await _rename_into_place(self.part, self.dest, (self.state_file, _temp_state(self.state_file)),
+                                     overwrite)
+        except FileExistsError:
+            raise DestinationExistsError(
+                f"{self.dest} appeared while downloading; the complete data is kept in {self.part}; "
+                "pass --overwrite to replace it", url=url, path=str(self.dest)) from None
         except OSError as exc:
             raise storage_error(exc, self.dest) from None
+        self._created = False
         return actual

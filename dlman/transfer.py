@@ -1,20 +1,28 @@
-"""One download, from its first request to the renamed file.
+"""One download, from its first request to the published file.
 
-A ``Transfer`` owns a ``PartFile`` and a ``SegmentPlan`` and runs one asyncio task
-per connection. The engine-wide pieces (HTTP client, rate limiter, per-host
-connection cap) come from the ``Engine``; the decisions (names, ranges,
-retries, state) come from the pure modules.
+``run`` retries whole attempts: a remote file that changed starts over, a server
+that cannot be trusted with ranges gets one plain stream. An attempt learns what
+the file is (from the resume state, or from the first request), then runs one
+task per connection (``_worker``) beside a saver, then publishes the file.
+
+The decisions live elsewhere, one place each: what an answer means in
+``remote``, mirrors, pinned redirects and credentials in ``mirrors``, which
+bytes each connection fetches in ``segments``, which bytes prove a source in
+``overlap``; bytes move through ``receiver`` into ``storage``, which also owns
+the destination lock and the final rename.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import os
 import random
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,6 +30,7 @@ import httpx
 
 from dlman.checksum import Checksum, file_digest
 from dlman.errors import (
+    ChecksumError,
     DestinationExistsError,
     DownloadError,
     HTTPStatusError,
@@ -29,20 +38,29 @@ from dlman.errors import (
     ProtocolError,
     RemoteChangedError,
 )
-from dlman.httpheaders import (
-    ContentRange,
-    http_date_valid,
-    parse_content_range,
-    parse_retry_after,
-    strong_etag,
-)
+from dlman.mirrors import Mirror, Mirrors
 from dlman.naming import choose_name, contained
 from dlman.options import Headers, mask_url
+from dlman.overlap import OVERLAP_BYTES, PROBE_BYTES, overlap_before, probe_range
+from dlman.receiver import Mismatch, Receiver, Stalled
+from dlman.remote import (
+    REASON_BYTES,
+    Action,
+    Answer,
+    RangeAsk,
+    RemoteFile,
+    Validators,
+    Verdict,
+    judge_first,
+    judge_range,
+    read_answer,
+    reason_from_body,
+)
 from dlman.result import DownloadResult, Progress
-from dlman.retry import RetryPolicy, is_retryable_status, status_message
+from dlman.retry import RetryPolicy, status_message
 from dlman.segments import Segment, SegmentPlan
-from dlman.state import ResumeState, StateError
-from dlman.storage import PartFile
+from dlman.state import ResumeState, StateError, source_key
+from dlman.storage import PartFile, stoppable
 
 if TYPE_CHECKING:
     from dlman.engine import Engine
@@ -51,10 +69,13 @@ log = logging.getLogger("dlman")
 
 WRITE_BUDGET = 4 << 20         # bytes buffered for writing per download, shared by its connections
 MIN_FLUSH, FLUSH_BYTES = 256 << 10, 1 << 20   # smallest and largest buffer per connection
-OVERLAP_BYTES = 16 << 10       # re-fetched and compared on a resume without validators
 MAX_RESTARTS = 3               # restarts after the remote file changed, before giving up
 PROGRESS_INTERVAL = 0.2
-LOW_SPEED_BYTES = 1024         # fewer bytes than this in `timeout` seconds is a stall
+MEANINGFUL_PROGRESS = 64 << 10  # an attempt that wrote less than this still counts as a failure
+SAVE_FAILURES = 5              # consecutive failed state saves before the download fails
+UNSIZED = 1 << 62              # the end of the one segment of a body without a known size
+
+__all__ = ["Transfer", "OVERLAP_BYTES", "FLUSH_BYTES", "PROGRESS_INTERVAL"]
 
 
 class _Restart(Exception):
@@ -65,6 +86,30 @@ class _Fallback(Exception):
     """The server cannot be trusted with ranges: start over as one plain stream."""
 
 
+class _Retry(Exception):
+    """A failure worth another attempt; ``after`` is the server's wish, if any."""
+
+    def __init__(self, message: str, after: float | None = None) -> None:
+        super().__init__(message)
+        self.after = after
+
+
+class _MirrorGone(Exception):
+    """This mirror cannot serve the file (a 4xx, a TLS failure, another version of the file)."""
+
+    def __init__(self, error: DownloadError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class _GiveUp(Exception):
+    """This connection cannot go on (retries exhausted, no mirror left); others may."""
+
+    def __init__(self, error: DownloadError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class _RangeRefused(ProtocolError):
     """A 416 to the first request, with the total size the server claims."""
 
@@ -73,27 +118,13 @@ class _RangeRefused(ProtocolError):
         self.total = total
 
 
-class _Retryable(Exception):
-    """A failure worth another attempt; ``retry_after`` is the server's wish, if any."""
-
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
 @dataclass
-class _Remote:
-    """What the first answer told us about the remote file."""
+class _Opening:
+    """An answer already in hand for a connection's first segment (the first request's body)."""
 
-    size: int | None
-    ranges: bool
-    etag: str | None
-    last_modified: str | None
-    encoding: str | None
-    mirror_validators: dict[str, str] = field(default_factory=dict)
-
-    def if_range(self) -> str | None:
-        return self.etag or self.last_modified
+    mirror: Mirror
+    response: httpx.Response
+    verdict: Verdict
 
 
 class Transfer:
@@ -103,572 +134,672 @@ class Transfer:
                  connections: int, headers: Headers, checksum: Checksum | None,
                  overwrite: bool, on_progress: Callable[[Progress], None] | None) -> None:
         self.engine = engine
-        self.urls = urls
+        self.mirrors = Mirrors(urls, headers)
         self.url = urls[0]
+        self.name = mask_url(self.url)
         self.dest_arg = dest
         self.directory = directory
         self.connections = connections
-        self.headers = headers
         self.checksum = checksum
         self.overwrite = overwrite
         self.on_progress = on_progress
         self.policy = RetryPolicy(retries=engine.retries)
-        self.path: Path | None = None
+        self.part: PartFile | None = None
         self.plan: SegmentPlan | None = None
-        self.unsized: Segment | None = None   # the one stream of a download without a known size
-        self.active = 0
+        self.stream: Segment | None = None   # the one segment of a body without a known size
+        self.remote: RemoteFile | None = None
+        self.sources: dict[str, Validators] = {}   # validators per source key, as recorded
+        self.reference: str | None = None           # the source whose answer described the file
+        self.unconfirmed: set[str] = set()          # sources that will not confirm their If-Range
+        self.resumed = False
         self.single_stream = False    # set after the server proved untrustworthy with ranges
         self.refused_ranges = 0       # 416 answers so far: the first restarts, the next falls back
-        self.dead_mirrors: set[str] = set()
+        self.compare_existing = False  # an unsized remote file and an existing destination
+        self.receivers: set[Receiver] = set()
+        self.active = 0               # connections receiving a body now
+        self.running = 0              # connection tasks still running
+        self._verified: set[int] = set()
+        self._probe_locks: dict[int, asyncio.Lock] = {}
+        self._callback_failed = False
         # large positioned writes are cheap per byte; the budget keeps memory flat with many connections
         self.flush_bytes = min(FLUSH_BYTES, max(MIN_FLUSH, WRITE_BUDGET // connections))
 
+    @property
+    def path(self) -> Path | None:
+        return self.part.dest if self.part is not None else None
+
     # -- the whole download -----------------------------------------------------
     async def run(self) -> DownloadResult:
-        for _ in range(MAX_RESTARTS + 1):
-            try:
-                return await self._attempt()
-            except _Restart as why:
-                log.warning("%s: %s; starting over", mask_url(self.url), why)
-            except _Fallback as why:
-                log.warning("%s: %s; falling back to one plain stream", mask_url(self.url), why)
-                self.single_stream = True
-            if self.path is not None:
-                await PartFile(self.path).discard()
-        raise RemoteChangedError(f"{mask_url(self.url)}: the remote file kept changing during the download",
-                                 url=self.url, path=str(self.path))
+        changes = 0
+        try:
+            for _ in range(MAX_RESTARTS + 1):
+                if changes:
+                    await asyncio.sleep(self.policy.delay(changes, None, _rng))
+                try:
+                    return await self._attempt()
+                except _Restart as why:
+                    changes += 1
+                    log.warning("%s: %s; starting over", self.name, why)
+                except _Fallback as why:
+                    log.warning("%s: %s; falling back to one plain stream", self.name, why)
+                    self.single_stream = True
+                if self.part is not None:
+                    await self.part.truncate()
+            raise RemoteChangedError(f"{self.name}: the remote file kept changing during the download",
+                                     url=self.url, path=str(self.path))
+        finally:
+            if self.part is not None:
+                self.part.release()
 
     async def _attempt(self) -> DownloadResult:
-        self.plan, self.unsized = None, None
-        directory_mode = self.directory
-        if not directory_mode:
-            self.path = self.dest_arg
-            if self.path.exists() and not self.overwrite:
-                return await self._existing_only()
-            resumed = await self._try_resume()
-            if resumed is not None:
-                return resumed
-        response = await self._first_response()
-        try:
-            remote = self._describe(response)
-            if directory_mode:
-                self.path = self._name_from(response)
-                state = self._resumable_state(remote)
+        self.plan = self.stream = self.remote = None
+        self.resumed = self.compare_existing = False
+        self.mirrors.new_attempt()
+        self._verified.clear()
+        if not self.directory:
+            await self._own(self.dest_arg)
+            if os.path.lexists(self.dest_arg) and not self.overwrite:
+                skipped = await self._existing_only()
+                if skipped is not None:
+                    return skipped
+            else:
+                state = self._load_state()
                 if state is not None:
+                    return await self._resume(state)
+        mirror, response, answer, verdict, remote = await self._first_response()
+        try:
+            if self.directory:
+                await self._own(self._name_from(mirror, response))
+                assert self.path is not None
+                state = self._load_state()
+                if (state is not None and (self.overwrite or not os.path.lexists(self.path))
+                        and self._state_fits(state, response, remote)):
                     await response.aclose()
-                    resumed = await self._try_resume(state)
-                    if resumed is not None:
-                        return resumed
-                    response = await self._first_response()
-                    remote = self._describe(response)
-            assert self.path is not None
+                    return await self._resume(state)
             skipped = await self._check_existing(remote)
             if skipped is not None:
                 await response.aclose()
                 return skipped
+            assert self.part is not None
+            await self.part.truncate()
         except BaseException:
             await response.aclose()
             raise
-        part = PartFile(self.path)
-        try:
-            await part.open(truncate=True)
-        except BaseException:
-            await response.aclose()
-            raise
-        if remote.size is not None:
+        return await self._fresh(_Opening(mirror, response, verdict), remote)
+
+    async def _own(self, path: Path) -> None:
+        """Hold the destination's lock (one transfer per file, across processes)."""
+        if self.part is not None and self.part.dest == path:
+            return
+        if self.part is not None:
+            self.part.release()
+            self.part = None
+        part = PartFile(path)
+        await part.lock()
+        self.part = part
+
+    async def _fresh(self, opening: _Opening, remote: RemoteFile) -> DownloadResult:
+        """A download from byte zero, the first answer's body feeding the first segment."""
+        self.remote = remote
+        target = str(opening.response.url)
+        opening.mirror.target = target
+        self.reference = source_key(target)
+        self.sources = {self.reference: remote.validators}
+        first: Segment | None
+        if remote.size is None:
+            self.stream = first = Segment(0, UNSIZED, 0)
+        else:
             self.plan = SegmentPlan(remote.size, min_segment=self.engine.min_segment)
             first = self.plan.segments[0] if self.plan.segments else None
             if first is not None:
                 first.busy = True
-            if remote.ranges:
-                count = self._connections_for(remote)
+            if self._ranged():
+                count = self.connections
                 self.plan.split_evenly(count)
                 if first is not None and count > 1:
                     # The first request asked for bytes=0-, so its body runs past its segment:
                     # a pacing server delivers the segment's last bytes only with its next
                     # burst. A half share frees that connection early for a closed range.
                     self.plan.split(first)
-        else:
-            first = None
-        log.info("%s: downloading %s bytes to %s", mask_url(self.url),
+        log.info("%s: downloading %s bytes to %s", self.name,
                  remote.size if remote.size is not None else "an unknown number of", self.path)
-        return await self._transfer(part, remote, response, first)
+        return await self._run_connections(opening, first)
 
-    def _connections_for(self, remote: _Remote) -> int:
-        return 1 if (self.single_stream or not remote.ranges) else self.connections
+    def _ranged(self) -> bool:
+        return self.remote is not None and self.remote.ranges and not self.single_stream
 
     # -- resume -------------------------------------------------------------------
     def _load_state(self) -> ResumeState | None:
-        assert self.path is not None
-        part = PartFile(self.path)
-        raw = part.read_state()
-        if raw is None:
+        """The resume state, if there is one worth trusting; anything doubtful is a warning."""
+        part = self.part
+        assert part is not None
+        if self.single_stream:
             return None
         try:
+            raw = part.read_state()
+            if raw is None:
+                return None
             state = ResumeState.decode(raw)
         except StateError as why:
             log.warning("%s: ignoring unusable resume state (%s); starting over", part.state_file, why)
             return None
         claimed_end = max((b for a, b in state.written()), default=0)
-        if (not state.ranges or state.url not in map(mask_url, self.urls)
-                or part.size_on_disk() < claimed_end):
-            log.warning("%s: resume state does not match; starting over", part.state_file)
+        if part.size_on_disk() < claimed_end:
+            log.warning("%s: resume state claims more than is on disk; starting over", part.state_file)
             return None
         return state
 
-    def _resumable_state(self, remote: _Remote) -> ResumeState | None:
-        """In directory mode: a state worth resuming from, given the first answer's validators."""
-        state = self._load_state()
-        if state is None or self.path is None or self.path.exists():
-            return None
-        if remote.size != state.size or not remote.ranges:
-            return None
-        if state.etag and remote.etag != state.etag:
-            return None
-        if not state.etag and state.last_modified and remote.last_modified != state.last_modified:
-            return None
-        return state
+    def _state_fits(self, state: ResumeState, response: httpx.Response, remote: RemoteFile) -> bool:
+        """In directory mode: whether the first answer describes the file the state was saved for."""
+        if not remote.ranges or remote.size != state.size:
+            return False
+        known = state.sources.get(source_key(str(response.url)))
+        return known is None or not known.contradicts(remote.validators)
 
-    async def _try_resume(self, state: ResumeState | None = None) -> DownloadResult | None:
-        """Continue from ``NAME.part.state`` (read here unless given); None when nothing to resume."""
-        assert self.path is not None
-        if self.path.exists() or self.single_stream:
-            return None
-        state = state or self._load_state()
-        if state is None:
-            return None
-        assert state.size is not None
-        remote = _Remote(state.size, True, state.etag, state.last_modified, None)
+    async def _resume(self, state: ResumeState) -> DownloadResult:
+        """Continue from the state: ask only for the missing bytes, each source proven first."""
+        self.resumed = True
+        self.sources = dict(state.sources)
+        self.reference = state.reference
+        validators = state.sources.get(state.reference or "", Validators())
+        self.remote = RemoteFile(state.size, True, validators, None)
         self.plan = SegmentPlan(state.size, state.missing, min_segment=self.engine.min_segment)
-        if not remote.if_range():
-            previous_end = 0
-            for segment in self.plan.segments:
-                if segment.start > previous_end:
-                    segment.check_from = max(previous_end, segment.start - OVERLAP_BYTES)
-                previous_end = segment.end
         self.plan.split_evenly(self.connections)
-        log.info("%s: resuming %s at %d of %d bytes", mask_url(self.url), self.path,
-                 self.plan.downloaded, state.size)
-        part = PartFile(self.path)
-        await part.open(truncate=False)
-        return await self._transfer(part, remote, None, None)
+        log.info("%s: resuming %s at %d of %d bytes", self.name, self.path, self.plan.downloaded, state.size)
+        return await self._run_connections(None, None)
 
     # -- the first request -----------------------------------------------------------
-    async def _first_response(self, first_range: str = "bytes=0-") -> httpx.Response:
+    async def _first_response(self, first_range: str | None = "bytes=0-"
+                              ) -> tuple[Mirror, httpx.Response, Answer, Verdict, RemoteFile]:
         """The first answer, from the first mirror that gives one (the others are dropped)."""
+        if self.single_stream:
+            first_range = None
         while True:
+            mirror = self.mirrors.pick(0)
+            if mirror is None:
+                raise self._last_failure()
             try:
-                return await self._first_response_from_primary(first_range)
-            except (HTTPStatusError, NetworkError) as failure:
-                self.url = self._other_mirror(self.url, failure, 0)
+                response, answer, verdict, remote = await self._first_from(mirror, first_range)
+                return mirror, response, answer, verdict, remote
+            except _MirrorGone as gone:
+                self._drop(mirror, gone.error)
 
-    async def _first_response_from_primary(self, first_range: str) -> httpx.Response:
-        """GET with ``Range: bytes=0-`` (no Range once ranges proved untrustworthy), retried."""
+    async def _first_from(self, mirror: Mirror, first_range: str | None
+                          ) -> tuple[httpx.Response, Answer, Verdict, RemoteFile]:
+        """GET with ``first_range`` (none once ranges proved untrustworthy), retried."""
         failures = 0
         while True:
             try:
-                headers = {} if self.single_stream else {"Range": first_range}
-                response = await self._send_checked(self.url, headers)
-                if response.status_code in (200, 206):
-                    return response
-                if response.status_code == 416 and not self.single_stream:
+                response = await self._send(mirror, mirror.url, {"Range": first_range} if first_range else {})
+                answer = self._answer(response)
+                verdict, remote = judge_first(answer, ranged=first_range is not None)
+                if verdict.action is Action.ACCEPT:
+                    assert remote is not None
+                    return response, answer, verdict, remote
+                try:
+                    if verdict.action is Action.REFUSED:
+                        if verdict.total == 0:
+                            first_range = None  # an empty file: ask for it whole
+                            continue
+                        if verdict.total is not None:
+                            raise _RangeRefused(verdict.total)
+                    if verdict.action is Action.FALLBACK:
+                        raise _Fallback(verdict.why)
+                    await self._act(verdict, mirror, response, answer, pinned=False)
+                    raise _MirrorGone(ProtocolError(f"{mask_url(mirror.url)}: {verdict.why}", url=mirror.url))
+                finally:
                     await response.aclose()
-                    total = parse_content_range(response.headers.get("content-range"))
-                    if total is not None and total.total == 0:
-                        self.single_stream = True  # an empty file: ask for it whole
-                        continue
-                    if total is not None and total.total is not None:
-                        raise _RangeRefused(total.total)
-                    raise ProtocolError(f"{mask_url(self.url)}: the server refused a range starting at 0",
-                                        url=self.url)
-                await response.aclose()
-                self._raise_for_status(response)
-            except _Retryable as why:
+            except _Retry as why:
                 failures += 1
-                await self._backoff(failures, why)
+                if self.policy.gives_up(failures):
+                    raise _MirrorGone(self._gave_up(mirror, failures, why)) from None
+                await self._pause_before_retry(failures, why, mirror)
 
-    def _describe(self, response: httpx.Response) -> _Remote:
-        encoding = response.headers.get("content-encoding")
-        encoding = None if encoding in (None, "", "identity") else encoding
-        etag = strong_etag(response.headers.get("etag"))
-        modified = http_date_valid(response.headers.get("last-modified"))
-        if response.status_code == 206:
-            content_range = parse_content_range(response.headers.get("content-range"))
-            if content_range is None or content_range.start != 0 or content_range.total is None:
-                if not self.single_stream:
-                    raise _Fallback(f"invalid Content-Range {response.headers.get('content-range')!r} "
-                                    "for bytes=0-")
-                raise ProtocolError(
-                    f"{mask_url(self.url)}: the server answered a range with an invalid Content-Range "
-                    f"({response.headers.get('content-range')!r})", url=self.url)
-            return _Remote(content_range.total, True, etag, modified, encoding)
-        size = _content_length(response)
-        if "chunked" in response.headers.get("transfer-encoding", "").lower():
-            size = None
-        return _Remote(size, False, etag, modified, encoding)
+    def _name_from(self, mirror: Mirror, response: httpx.Response) -> Path:
+        name = choose_name(mirror.url, response.headers.get("content-disposition"))
+        return contained(self.dest_arg, name)
 
-    def _name_from(self, response: httpx.Response) -> Path:
-        name = choose_name(self.url, response.headers.get("content-disposition"))
-        directory = self.dest_arg
-        return contained(directory, name)
-
-    async def _existing_only(self) -> DownloadResult:
+    async def _existing_only(self) -> DownloadResult | None:
         """The destination exists: ask for one byte, enough to learn the remote size."""
         try:
-            response = await self._first_response("bytes=0-0")
+            _mirror, response, _answer, _verdict, remote = await self._first_response("bytes=0-0")
         except _RangeRefused as refused:  # "nothing to send you": the size is all we need
-            remote = _Remote(refused.total, True, None, None, None)
+            remote = RemoteFile(refused.total, True, Validators(), None)
         else:
-            try:
-                remote = self._describe(response)
-            finally:
-                await response.aclose()
-        skipped = await self._check_existing(remote)
-        assert skipped is not None  # _check_existing raises unless the file is complete
-        return skipped
+            await response.aclose()
+        return await self._check_existing(remote)
 
-    async def _check_existing(self, remote: _Remote) -> DownloadResult | None:
-        """SPEC rule 9: never clobber silently; an identical file is already done."""
-        assert self.path is not None
-        if self.overwrite or not self.path.exists():
+    async def _check_existing(self, remote: RemoteFile) -> DownloadResult | None:
+        """SPEC rule 9: never clobber silently; an identical file is already done.
+
+        None means "download": no file is there, ``overwrite`` was given, or the
+        remote size is unknown (then the download is compared with the file at the end).
+        """
+        path = self.path
+        assert path is not None
+        if self.overwrite or not os.path.lexists(path):
             return None
-        if self.path.is_dir():
-            raise DestinationExistsError(f"{self.path} is a directory", url=self.url, path=str(self.path))
-        size = self.path.stat().st_size
-        if remote.size is not None and size == remote.size:
-            if self.checksum is None or await asyncio.to_thread(
-                    file_digest, str(self.path), self.checksum.algorithm) == self.checksum.hexdigest:
-                log.info("%s: %s is already complete", mask_url(self.url), self.path)
-                return DownloadResult(self.path, size, self.url, skipped=True)
+        if path.is_dir():
+            raise DestinationExistsError(f"{path} is a directory", url=self.url, path=str(path))
+        if remote.size is None:
+            self.compare_existing = True
+            return None
+        size = path.stat().st_size
+        if size == remote.size and (self.checksum is None or await stoppable(functools.partial(
+                file_digest, str(path), self.checksum.algorithm)) == self.checksum.hexdigest):
+            log.info("%s: %s is already complete", self.name, path)
+            return DownloadResult(path, size, self.url, skipped=True)
         raise DestinationExistsError(
-            f"{self.path} already exists and differs from {mask_url(self.url)}; pass --overwrite to replace it",
-            url=self.url, path=str(self.path))
+            f"{path} already exists and differs from {self.name}; pass --overwrite to replace it",
+            url=self.url, path=str(path))
 
-    # -- moving bytes -----------------------------------------------------------------
-    async def _transfer(self, part: PartFile, remote: _Remote, response: httpx.Response | None,
-                        first: Segment | None) -> DownloadResult:
-        """Run the connections to completion, saving state as they go; then finish the file."""
-        assert self.path is not None
-        workers: list[asyncio.Task[None]] = []
-        saver = asyncio.create_task(self._save_loop(part, remote))
+    # -- connections ------------------------------------------------------------------
+    async def _run_connections(self, opening: _Opening | None, first: Segment | None) -> DownloadResult:
+        """Run the connections and the saver to the end, then publish the file."""
+        part = self.part
+        assert part is not None
+        tasks: list[asyncio.Task[None]] = []
+        saver = _Saver(self)
         try:
-            if self.plan is None:
-                assert response is not None
-                self.unsized = Segment(0, 1 << 62, 0)
-                workers.append(asyncio.create_task(self._stream_whole(part, response, self.unsized)))
+            if self._ranged() and self.plan is not None:
+                tasks.append(asyncio.create_task(self._worker(0, opening, first)))
+                tasks.extend(asyncio.create_task(self._worker(i, None, None))
+                             for i in range(1, self.connections))
             else:
-                count = self._connections_for(remote)
-                workers.append(asyncio.create_task(self._worker(part, remote, first, response, 0)))
-                workers.extend(asyncio.create_task(self._worker(part, remote, None, None, i))
-                               for i in range(1, count))
-            await _first_failure(workers)
+                assert opening is not None
+                tasks.append(asyncio.create_task(self._stream_whole(opening, first)))
+            self.running = len(tasks)
+            await _wait_all(tasks, saver.task)
+            await saver.stop()
+            if self.plan is not None and not self.plan.complete:
+                raise NetworkError(f"{self.name}: every connection stopped before the end of the file",
+                                   url=self.url, path=str(self.path))
         except BaseException:
-            for task in workers:
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(*workers, return_exceptions=True)
-            saver.cancel()
-            await asyncio.gather(saver, return_exceptions=True)
-            try:
-                await self._save(part, remote)
-            except DownloadError as exc:  # keep the original failure; the old state still holds
-                log.warning("%s", exc)
-            part.close()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if opening is not None:
+                await opening.response.aclose()
+            await saver.stop()
+            await self._save_quietly()
             self._report()
             raise
-        saver.cancel()
-        await asyncio.gather(saver, return_exceptions=True)
-        size = await part.finish(remote.size if self.plan is not None else self.unsized.pos,
-                                 self.checksum, self.url)
+        return await self._publish()
+
+    async def _publish(self) -> DownloadResult:
+        part, path = self.part, self.path
+        assert part is not None and path is not None
+        size = self.plan.size if self.plan is not None else (self.stream.pos if self.stream else 0)
+        if self.compare_existing:
+            return await self._compare_with_existing(size)
+        try:
+            size = await part.finish(size, self.checksum, self.name, overwrite=self.overwrite)
+        except BaseException as exc:
+            if not isinstance(exc, ChecksumError):  # the data is kept: so is its state
+                await self._save_quietly()
+            raise
         self._report()
-        log.info("%s: saved %s (%d bytes)", mask_url(self.url), self.path, size)
-        return DownloadResult(self.path, size, self.url)
+        log.info("%s: saved %s (%d bytes)", self.name, path, size)
+        return DownloadResult(path, size, self.url)
 
-    async def _worker(self, part: PartFile, remote: _Remote, segment: Segment | None,
-                      response: httpx.Response | None, index: int) -> None:
-        """One connection: fetch segments until none is left to take or split."""
-        assert self.plan is not None
-        url = self.urls[index % len(self.urls)]
-        if not remote.ranges or self.single_stream:
-            assert response is not None
-            if segment is None:  # an empty file: nothing to stream
-                await response.aclose()
-            else:
-                await self._stream_whole(part, response, segment)
-            return
-        while True:
-            if segment is None:
-                segment = self.plan.next_work()
+    async def _compare_with_existing(self, size: int) -> DownloadResult:
+        """An unsized file whose destination existed: done if identical, else refused."""
+        part, path = self.part, self.path
+        assert part is not None and path is not None
+        same = await part.same_as(path)
+        await part.delete()
+        if not same:
+            raise DestinationExistsError(
+                f"{path} already exists and differs from {self.name}; pass --overwrite to replace it",
+                url=self.url, path=str(path))
+        log.info("%s: %s is already complete", self.name, path)
+        return DownloadResult(path, size, self.url, skipped=True)
+
+    async def _worker(self, index: int, opening: _Opening | None, segment: Segment | None) -> None:
+        """One connection: fill segments until none is left to take or split.
+
+        A connection that cannot go on (its retries are spent, or no mirror will
+        serve it) gives its segment back and stops while others still run; only
+        the last one fails the download.
+        """
+        plan = self.plan
+        assert plan is not None
+        mirror = opening.mirror if opening is not None else self.mirrors.pick(index)
+        try:
+            while True:
                 if segment is None:
-                    if response is not None:
-                        await response.aclose()
-                    return
-            try:
-                await self._fetch_segment(part, remote, segment, url, response)
-            except (HTTPStatusError, NetworkError) as failure:
-                url = self._other_mirror(url, failure, index)
-            finally:
-                response = None
-                self.plan.release(segment)
-            segment = None
+                    segment = plan.next_work()
+                    if segment is None:
+                        return
+                try:
+                    mirror = await self._fill(index, segment, mirror, opening)
+                except _GiveUp as failure:
+                    plan.give_back(segment)
+                    segment = None
+                    if self.running > 1:
+                        log.warning("%s; this connection stops, the others go on", failure)
+                        return
+                    raise failure.error from None
+                finally:
+                    opening = None
+                    if segment is not None:
+                        plan.release(segment)
+                segment = None
+        finally:
+            self.running -= 1
 
-    def _other_mirror(self, url: str, failure: DownloadError, index: int) -> str:
-        """A mirror that failed for good is dropped; the segment goes to the mirrors left."""
-        self.dead_mirrors.add(url)
-        alive = [u for u in self.urls if u not in self.dead_mirrors]
-        if not alive:
-            raise failure
-        log.warning("%s: %s; going on with the other mirrors", mask_url(url), failure)
-        return alive[index % len(alive)]
-
-    async def _fetch_segment(self, part: PartFile, remote: _Remote, segment: Segment, url: str,
-                             response: httpx.Response | None) -> None:
-        """Fill one segment, retrying from the last byte written after every failure."""
+    async def _fill(self, index: int, segment: Segment, mirror: Mirror | None,
+                    opening: _Opening | None) -> Mirror:
+        """Fill one segment, retrying from the last byte written; another mirror takes over
+        when one is dropped. Returns the mirror it ended with."""
         failures = 0
         while not segment.done:
+            if mirror is None or mirror.dead:
+                mirror = self.mirrors.pick(index)
+                if mirror is None:
+                    raise _GiveUp(self._last_failure())
             before = segment.pos
             try:
-                if response is None:
-                    response = await self._request_range(url, remote, segment)
-                chunks = response.aiter_raw()
-                if segment.check_from is not None:
-                    chunks = await self._check_overlap(part, chunks, segment)
-                await self._receive(part, chunks, segment, _body_end(response))
+                if opening is None:
+                    await self._verify(mirror)
+                    response, verdict, expect = await self._ask(mirror, segment)
+                else:
+                    response, verdict, expect = opening.response, opening.verdict, b""
+                    opening = None
+                await self._receive(segment, mirror, response, verdict, expect)
                 if not segment.done and segment.pos == before:
-                    raise _Retryable("the server sent no bytes for the requested range")
-            except _Retryable as why:
-                failures = 1 if segment.pos > before else failures + 1
-                await self._backoff(failures, why, url)
+                    raise _Retry("the server sent no bytes for the requested range")
+            except _Retry as why:
+                failures = (0 if segment.pos - before >= MEANINGFUL_PROGRESS else failures) + 1
+                if self.policy.gives_up(failures):
+                    error = self._gave_up(mirror, failures, why)
+                    if mirror.worked or len(self.mirrors.alive()) == 1:
+                        raise _GiveUp(error) from None
+                    self._drop(mirror, error)  # it never served a byte: the others may
+                    failures = 0
+                    continue
+                await self._pause_before_retry(failures, why, mirror)
+            except _MirrorGone as gone:
+                self._drop(mirror, gone.error)
+                failures = 0
             finally:
-                if response is not None:
-                    await response.aclose()
-                    response = None
+                if opening is not None:
+                    await opening.response.aclose()
+                    opening = None
+        return mirror
 
-    async def _request_range(self, url: str, remote: _Remote, segment: Segment) -> httpx.Response:
-        """Ask for the rest of ``segment`` and check the answer before any byte is written."""
-        start = segment.check_from if segment.check_from is not None else segment.pos
+    async def _ask(self, mirror: Mirror, segment: Segment) -> tuple[httpx.Response, Verdict, bytes]:
+        """Ask ``mirror`` for the rest of ``segment`` and judge the answer before any byte is written.
+
+        With a validator for the source, the request carries If-Range; without
+        one it starts a little before the segment's position, and those bytes
+        are compared with the disk as they arrive (SPEC rule 5).
+        """
+        assert self.plan is not None and self.remote is not None and self.part is not None
+        url = mirror.ask
+        pinned = mirror.target is not None
+        key = source_key(url)
+        known = self.sources.get(key)
+        if_range = known.if_range() if known is not None and key not in self.unconfirmed else None
+        overlap = 0 if if_range else overlap_before(segment.pos, self.plan.written())
+        start = segment.pos - overlap
+        expect = await self.part.read(start, overlap) if overlap else b""
         headers = {"Range": f"bytes={start}-{segment.end - 1}"}
-        validator = remote.if_range() if url == self.url else remote.mirror_validators.get(url)
-        if validator:
-            headers["If-Range"] = validator
-        response = await self._send_checked(url, headers)
+        if if_range:
+            headers["If-Range"] = if_range
+        response = await self._send(mirror, url, headers)
         try:
-            status = response.status_code
-            if status == 206:
-                content_range = parse_content_range(response.headers.get("content-range"))
-                self._check_partial(response, content_range, start, remote, url)
-                return response
-            if status == 200:
-                if validator and url == self.url:
-                    raise _Restart("the remote file changed (If-Range answered with the whole file)")
-                raise _Fallback("the server answered a range request with the whole file")
-            if status == 416:
-                self.refused_ranges += 1
-                if self.refused_ranges > 1:
-                    raise _Fallback("the server refused a range within the size it announced (HTTP 416)")
-                raise _Restart("the server refused the resume range (HTTP 416)")
-            self._raise_for_status(response)
-            raise ProtocolError(f"{mask_url(url)}: unexpected HTTP {status}", url=url)
+            final = str(response.url)
+            if mirror.target is None:
+                mirror.target = final
+            final_key = source_key(final)
+            answer = self._answer(response)
+            verdict = judge_range(answer, RangeAsk(start, segment.end, if_range, segment.pos), self.remote,
+                                  self.sources.get(final_key))
+            await self._act(verdict, mirror, response, answer, pinned=pinned, key=final_key)
+            self.sources.setdefault(final_key, answer.validators)
+            return response, verdict, expect
         except BaseException:
             await response.aclose()
             raise
 
-    def _check_partial(self, response: httpx.Response, content_range: ContentRange | None,
-                       start: int, remote: _Remote, url: str) -> None:
-        """SPEC rule 6: a 206 must start where asked, for the same total and encoding."""
-        if content_range is None or content_range.start is None:
-            raise _Fallback(f"invalid Content-Range {response.headers.get('content-range')!r}")
-        if content_range.total != remote.size:
-            if remote.if_range():
-                raise _Fallback(f"Content-Range total {content_range.total} differs from {remote.size}")
-            raise _Restart(f"the remote size changed from {remote.size} to {content_range.total}")
-        if content_range.start != start:
-            raise _Fallback(f"asked for bytes from {start}, got a Content-Range from {content_range.start}")
-        encoding = response.headers.get("content-encoding")
-        encoding = None if encoding in (None, "", "identity") else encoding
-        if encoding != remote.encoding:
-            raise _Fallback(f"a range came back with Content-Encoding {encoding!r}")
-        if url != self.url and url not in remote.mirror_validators:
-            mirror_validator = (strong_etag(response.headers.get("etag"))
-                                or http_date_valid(response.headers.get("last-modified")))
-            if mirror_validator:
-                remote.mirror_validators[url] = mirror_validator
-
-    async def _check_overlap(self, part: PartFile, stream: AsyncIterator[bytes],
-                             segment: Segment) -> AsyncIterator[bytes]:
-        """No validator to send: compare re-fetched bytes before the resume point with the disk.
-
-        Returns the stream positioned at the resume point.
-        """
-        assert segment.check_from is not None
-        want = segment.start - segment.check_from
-        got = bytearray()
-        try:
-            async for chunk in stream:
-                got += chunk
-                if len(got) >= want:
-                    break
-        except httpx.TransportError as exc:
-            raise _Retryable(f"connection lost while checking the resume point: {exc!r}") from None
-        if len(got) < want:
-            raise _Retryable("the answer ended before the resume point")
-        on_disk = await part.read(segment.check_from, want)
-        if bytes(got[:want]) != on_disk:
-            raise _Restart("the remote file changed (the bytes before the resume point differ)")
-        segment.check_from = None
-        return _prepend(bytes(got[want:]), stream)
-
-    async def _receive(self, part: PartFile, source: AsyncIterator[bytes], segment: Segment,
-                       body_end: int | None) -> None:
-        """Stream a response body into ``segment``: buffered, positioned, never past its end.
-
-        ``pos`` advances only when a write has landed, so a failure or a cancel at
-        any await leaves the segment claiming exactly the bytes that are in the file.
-        """
-        limiter = self.engine.limiter
-        watchdog = _Watchdog(self.engine.timeout)
-        pending: asyncio.Task[None] | None = None
-        chunks: list[bytes] = []
-        buffered = 0
-        offset = write_at = segment.pos
-        flush_at = self.flush_bytes
-
-        async def flush() -> None:
-            nonlocal pending, chunks, buffered, write_at
-            if pending is not None:
-                await asyncio.shield(pending)
-                pending = None
-            if chunks:
-                pending = asyncio.create_task(_write(part, segment, write_at, chunks))
-                write_at += buffered
-                chunks, buffered = [], 0
-
+    async def _receive(self, segment: Segment, mirror: Mirror, response: httpx.Response, verdict: Verdict,
+                       expect: bytes) -> int:
+        """Stream an accepted body into ``segment``; returns how many ``expect`` bytes it confirmed."""
+        assert self.part is not None
+        receiver = Receiver(self.part, segment, flush_bytes=self.flush_bytes, timeout=self.engine.timeout,
+                            limiter=self.engine.limiter)
+        before = segment.pos
+        segment.reach = verdict.end
+        self.receivers.add(receiver)
         self.active += 1
         try:
-            async for chunk in source:
-                room = segment.end - segment.received
-                # A body that ends where the segment does is read to its end, so that its
-                # connection goes back to the pool; any other is cut as soon as it is full.
-                if len(chunk) > room or (len(chunk) == room and segment.end != body_end):
-                    if room > 0:
-                        chunks.append(chunk[:room])
-                        buffered += room
-                        segment.received += room
-                    break
-                chunks.append(chunk)
-                size = len(chunk)
-                buffered += size
-                segment.received += size
-                if buffered >= flush_at:
-                    await flush()
-                if limiter is not None:
-                    await limiter.acquire(size)
-                watchdog.feed(size)
-            await flush()
-            if pending is not None:
-                await asyncio.shield(pending)
-                pending = None
+            return await receiver.receive(response.aiter_raw(), verdict.end, expect)
         except httpx.TransportError as exc:
-            raise _Retryable(f"connection lost after {segment.received - offset} bytes: {exc!r}") from None
-        except _Stalled as exc:
-            raise _Retryable(str(exc)) from None
+            raise _Retry(f"connection lost after {segment.pos - before} bytes: {exc!r}") from None
+        except Stalled as exc:
+            raise _Retry(str(exc)) from None
+        except Mismatch:
+            self._changed(mirror, source_key(str(response.url)),
+                          "the remote file changed (the bytes before the resume point differ)")
+            raise  # not reached: _changed always raises
         finally:
             self.active -= 1
-            if pending is not None:
-                await asyncio.shield(pending)
-            if chunks and segment.pos == write_at:
-                part.write_now(write_at, chunks)
-                segment.pos = write_at + buffered
-            segment.received = segment.pos
+            self.receivers.discard(receiver)
+            segment.reach = None
+            if segment.pos > before:
+                mirror.worked = True
+            await response.aclose()
 
-    async def _stream_whole(self, part: PartFile, response: httpx.Response, segment: Segment) -> None:
+    async def _stream_whole(self, opening: _Opening, segment: Segment | None) -> None:
         """One stream without usable ranges: after a failure it starts again from byte zero."""
         expected = self.plan.size if self.plan is not None else None
+        if segment is None:  # an empty file: nothing to stream
+            await opening.response.aclose()
+            return
+        mirror, response, verdict = opening.mirror, opening.response, opening.verdict
         failures = 0
         while True:
             try:
-                await self._receive(part, response.aiter_raw(), segment, _body_end(response))
+                await self._receive(segment, mirror, response, verdict, b"")
                 if expected is None or segment.done:
                     return
-                raise _Retryable(f"the body ended after {segment.pos} of {expected} bytes")
-            except _Retryable as why:
-                failures += 1
-                await self._backoff(failures, why)
-            finally:
-                await response.aclose()
+                raise _Retry(f"the body ended after {segment.pos} of {expected} bytes")
+            except _Retry as why:
+                failures = (0 if segment.pos >= MEANINGFUL_PROGRESS else failures) + 1
+                if self.policy.gives_up(failures):
+                    raise self._gave_up(mirror, failures, why) from None
+                await self._pause_before_retry(failures, why, mirror)
             segment.pos = segment.received = 0
-            response = await self._first_response()
-            if self._describe(response).size != expected:
+            mirror, response, _answer, verdict, remote = await self._first_response()
+            if remote.size != expected:
                 await response.aclose()
                 raise _Restart("the remote size changed")
 
-    # -- requests, statuses, retries --------------------------------------------------
-    async def _send(self, url: str, headers: dict[str, str]) -> httpx.Response:
-        """Send one GET (streamed); the host's connection slot is held until the response closes."""
-        merged = httpx.Headers(self.headers)
+    # -- proving a source --------------------------------------------------------------
+    async def _verify(self, mirror: Mirror) -> None:
+        """Before the first byte from a source not yet proven: compare a stretch already on disk.
+
+        The source that described the file in this attempt is the file; one with
+        a validator for If-Range proves itself on every request. Any other (a
+        mirror, a redirect to a server not seen before, a resume without
+        validators) must first serve bytes identical to those on disk.
+        """
+        if mirror.index in self._verified:
+            return
+        lock = self._probe_locks.setdefault(mirror.index, asyncio.Lock())
+        async with lock:
+            if mirror.index in self._verified:
+                return
+            key = source_key(mirror.ask)
+            known = self.sources.get(key)
+            trusted = key == self.reference and not self.resumed
+            protected = known is not None and known.if_range() is not None and key not in self.unconfirmed
+            if not (trusted or protected):
+                await self._probe(mirror)
+            self._verified.add(mirror.index)
+
+    async def _probe(self, mirror: Mirror) -> None:
+        assert self.plan is not None and self.part is not None and self.remote is not None
+        plan = self.plan
+        wanted = min(PROBE_BYTES, plan.size)
+        deadline = time.monotonic() + self.engine.timeout
+        while True:
+            span = probe_range(plan.written())
+            if span is not None and span[1] - span[0] >= wanted:
+                break
+            if self.resumed or time.monotonic() > deadline:
+                if span is None:
+                    return  # nothing on disk to splice with: any source will do
+                break
+            await asyncio.sleep(0.05)  # the first bytes of the file are on their way
+        start, end = span
+        expect = await self.part.read(start, end - start)
+        log.info("%s: checking %s against bytes %d-%d on disk", self.name, mask_url(mirror.ask), start, end - 1)
+        response = await self._send(mirror, mirror.ask, {"Range": f"bytes={start}-{end - 1}"})
+        try:
+            final = str(response.url)
+            if mirror.target is None:
+                mirror.target = final
+            key = source_key(final)
+            answer = self._answer(response)
+            verdict = judge_range(answer, RangeAsk(start, end), self.remote, self.sources.get(key))
+            await self._act(verdict, mirror, response, answer, pinned=False, key=key)
+            probe = Segment(end, end, end)
+            confirmed = await self._receive(probe, mirror, response, verdict, expect)
+        except BaseException:
+            await response.aclose()
+            raise
+        if confirmed < len(expect):
+            raise _Retry("the answer ended before the bytes to compare")
+        self.sources.setdefault(key, answer.validators)
+
+    # -- what an answer means --------------------------------------------------------------
+    @staticmethod
+    def _answer(response: httpx.Response) -> Answer:
+        return read_answer(response.status_code, response.headers, response.reason_phrase)
+
+    async def _act(self, verdict: Verdict, mirror: Mirror, response: httpx.Response, answer: Answer, *,
+                   pinned: bool, key: str | None = None) -> None:
+        """Return for an accepted answer; raise what the transfer does about any other."""
+        action = verdict.action
+        if action is Action.ACCEPT:
+            return
+        if action is Action.RETRY:
+            raise _Retry(verdict.why, verdict.after)
+        if action is Action.UNCONFIRMED:
+            self.unconfirmed.add(key or source_key(mirror.ask))
+            raise _Retry(verdict.why, 0.0)
+        if action is Action.REFUSED:
+            self.refused_ranges += 1
+            if self.refused_ranges > 1:
+                raise _Fallback(verdict.why)
+            raise _Restart(verdict.why)
+        if action is Action.FALLBACK:
+            raise _Fallback(verdict.why)
+        if action is Action.CHANGED:
+            self._changed(mirror, key or source_key(mirror.ask), verdict.why)
+        detail = await _detail(response, self.engine.timeout)
+        message = status_message(verdict.status, answer.reason, detail)
+        if action is Action.GONE and pinned and mirror.target != mirror.url:
+            mirror.target = None  # the pinned URL expired or moved: follow the original again
+            raise _Retry(f"{message} from {mask_url(str(response.url))}; following {mask_url(mirror.url)} again",
+                         0.0)
+        if verdict.status in (401, 403) and mirror.worked:
+            message += "; the URL has probably expired (the partial data is kept for a resume)"
+        raise _MirrorGone(HTTPStatusError(f"{mask_url(mirror.url)}: {message}", status=verdict.status,
+                                          url=mirror.url))
+
+    def _changed(self, mirror: Mirror, key: str, why: str) -> None:
+        """A source serves another version: the file itself changed, or one mirror is stale."""
+        if key == self.reference or len(self.mirrors.alive()) <= 1:
+            raise _Restart(why)
+        raise _MirrorGone(ProtocolError(f"{mask_url(mirror.url)}: {why}; this mirror is dropped",
+                                        url=mirror.url))
+
+    def _drop(self, mirror: Mirror, error: DownloadError) -> None:
+        if mirror.dead:
+            return
+        self.mirrors.drop(mirror, error)
+        if self.mirrors.alive():
+            log.warning("%s; going on with the other mirrors", error)
+
+    def _last_failure(self) -> DownloadError:
+        failures = [m.failure for m in self.mirrors.all if isinstance(m.failure, DownloadError)]
+        if failures:
+            return failures[-1]
+        return NetworkError(f"{self.name}: no mirror left to download from", url=self.url)
+
+    def _gave_up(self, mirror: Mirror, failures: int, why: Exception) -> NetworkError:
+        url = mask_url(mirror.url)
+        return NetworkError(f"{url}: giving up after {failures} failed attempts ({why})", url=mirror.url)
+
+    async def _pause_before_retry(self, failures: int, why: _Retry, mirror: Mirror) -> None:
+        delay = self.policy.delay(failures, why.after, _rng)
+        log.info("%s: %s; retry %d of %d in %.1fs", mask_url(mirror.url), why, failures,
+                 self.policy.retries, delay)
+        await asyncio.sleep(delay)
+
+    # -- requests ------------------------------------------------------------------
+    async def _send(self, mirror: Mirror, url: str, headers: dict[str, str]) -> httpx.Response:
+        """Send one GET (streamed); the host's connection slot is held until the response closes.
+
+        Raises ``_Retry`` for what may pass and ``_MirrorGone`` for what will not.
+        """
+        client = self.engine.client
+        if self.engine.tls_problem and url[:6].lower() == "https:":
+            raise _MirrorGone(NetworkError(f"{mask_url(url)}: {self.engine.tls_problem}", url=url))
+        merged = httpx.Headers(self.mirrors.headers(url))
         merged.update(headers)
-        request = self.engine.client.build_request("GET", url, headers=merged)
+        merged["Accept-Encoding"] = "identity"  # SPEC rule 1, whatever the user's headers say
+        request = client.build_request("GET", url, headers=merged)
         log.info("GET %s %s", mask_url(url), headers.get("Range", ""))
         release = await self.engine.acquire_host_slot(request.url.host)
         try:
             # httpx's read timeout is per read: a server trickling its headers would never
             # trip it, so the whole answer head (connect included) gets one deadline.
-            response = await asyncio.wait_for(self.engine.client.send(request, stream=True),
-                                              self.engine.timeout)
+            response = await asyncio.wait_for(
+                client.send(request, stream=True, auth=self.engine.auth_for(request)), self.engine.timeout)
         except asyncio.TimeoutError:
             release()
-            raise _Retryable(f"no response within {self.engine.timeout:g}s") from None
+            raise _Retry(f"no response within {self.engine.timeout:g}s") from None
+        except httpx.TooManyRedirects:
+            release()
+            raise _MirrorGone(NetworkError(f"{mask_url(url)}: too many redirects (more than 20)",
+                                           url=url)) from None
+        except httpx.UnsupportedProtocol as exc:
+            release()
+            raise _MirrorGone(DownloadError(f"{mask_url(url)}: {exc}", url=url)) from None
+        except httpx.TransportError as exc:
+            release()
+            if _certificate_problem(exc):
+                why = self.engine.tls_problem or (f"TLS certificate verification failed ({exc}); "
+                                                  "pass --insecure to skip verification")
+                raise _MirrorGone(NetworkError(f"{mask_url(url)}: {why}", url=url)) from None
+            raise _Retry(f"{type(exc).__name__}: {exc}") from None
         except BaseException:
             release()
             raise
         response.stream = _ReleasingStream(response.stream, release)  # type: ignore[arg-type]
         return response
 
-    async def _send_checked(self, url: str, headers: dict[str, str]) -> httpx.Response:
-        try:
-            return await self._send(url, headers)
-        except httpx.TooManyRedirects:
-            raise NetworkError(f"{mask_url(url)}: too many redirects (more than 20)", url=url) from None
-        except httpx.UnsupportedProtocol as exc:
-            raise DownloadError(f"{mask_url(url)}: {exc}", url=url) from None
-        except httpx.TransportError as exc:
-            if _certificate_problem(exc):
-                raise NetworkError(f"{mask_url(url)}: TLS certificate verification failed ({exc}); "
-                                   "pass --insecure to skip verification", url=url) from None
-            raise _Retryable(f"{type(exc).__name__}: {exc}") from None
-
-    def _raise_for_status(self, response: httpx.Response) -> None:
-        status = response.status_code
-        if is_retryable_status(status):
-            raise _Retryable(f"HTTP {status}", parse_retry_after(response.headers.get("retry-after")))
-        raise HTTPStatusError(f"{mask_url(self.url)}: {status_message(status, response.reason_phrase)}",
-                              status=status, url=self.url)
-
-    async def _backoff(self, failures: int, why: _Retryable, url: str | None = None) -> None:
-        if self.policy.gives_up(failures):
-            raise NetworkError(f"{mask_url(url or self.url)}: giving up after {failures} failed attempts "
-                               f"({why})", url=url or self.url)
-        delay = self.policy.delay(failures, why.retry_after, _rng)
-        log.info("%s: %s; retry %d of %d in %.1fs", mask_url(url or self.url), why, failures,
-                 self.policy.retries, delay)
-        await asyncio.sleep(delay)
-
     # -- state and progress ------------------------------------------------------------
-    async def _save_loop(self, part: PartFile, remote: _Remote) -> None:
-        last_save = time.monotonic()
-        while True:
-            await asyncio.sleep(PROGRESS_INTERVAL)
-            self._report()
-            if time.monotonic() - last_save >= self.engine.save_interval:
-                await self._save(part, remote)
-                last_save = time.monotonic()
-
-    async def _save(self, part: PartFile, remote: _Remote) -> None:
-        """Persist what is on disk; only a ranged download with a known size can resume."""
-        if self.plan is None or not remote.ranges or self.single_stream:
+    async def _save(self) -> None:
+        """Persist what is on disk (buffers flushed first); only a ranged download can resume."""
+        if self.plan is None or self.part is None or self.remote is None or not self._ranged():
             return
-        state = ResumeState(mask_url(self.url), remote.size, remote.etag, remote.last_modified, True,
-                            self.plan.missing())
-        await part.save_state(state)
+        for receiver in list(self.receivers):
+            await receiver.flush()
+        state = ResumeState(self.name, self.plan.size, self.plan.missing(), dict(self.sources),
+                            self.reference)
+        await self.part.save_state(state)
+
+    async def _save_quietly(self) -> None:
+        """The last save of a download that is stopping: a failure must not hide why it stopped."""
+        try:
+            await asyncio.shield(self._save())
+        except DownloadError as exc:  # the old state still holds
+            log.warning("%s", exc)
 
     def _report(self) -> None:
         if self.on_progress is None:
@@ -676,8 +807,59 @@ class Transfer:
         if self.plan is not None:
             downloaded, total = self.plan.received, self.plan.size
         else:
-            downloaded, total = (self.unsized.pos if self.unsized else 0), None
-        self.on_progress(Progress(self.path, downloaded, total, self.active))
+            downloaded, total = (self.stream.pos if self.stream else 0), None
+        try:
+            self.on_progress(Progress(self.path, downloaded, total, self.active))
+        except Exception:  # a broken callback must not stop the download, nor go unnoticed
+            if not self._callback_failed:
+                self._callback_failed = True
+                log.warning("%s: the progress callback failed; the download goes on", self.name,
+                            exc_info=True)
+
+
+class _Saver:
+    """Reports progress every ``PROGRESS_INTERVAL`` and saves the state every ``save_interval``.
+
+    A failed save is logged and tried again; ``SAVE_FAILURES`` in a row fail the
+    download (raised from the task, which the transfer waits on with its
+    connections). ``stop`` lets a save in flight finish, so no state file is
+    written after the file was published.
+    """
+
+    def __init__(self, transfer: Transfer) -> None:
+        self.transfer = transfer
+        self._stopping = asyncio.Event()
+        self.task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        transfer = self.transfer
+        interval = transfer.engine.save_interval
+        last_save = time.monotonic()
+        failures = 0
+        while not self._stopping.is_set():
+            try:
+                await asyncio.wait_for(self._stopping.wait(), PROGRESS_INTERVAL)
+                return
+            except asyncio.TimeoutError:
+                pass
+            transfer._report()
+            if time.monotonic() - last_save < interval:
+                continue
+            try:
+                await transfer._save()
+                failures = 0
+            except DownloadError as exc:
+                failures += 1
+                if failures >= SAVE_FAILURES:
+                    raise
+                log.warning("%s (the state will be saved again)", exc)
+            last_save = time.monotonic()
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        await asyncio.wait([self.task])
+        if not self.task.cancelled():
+            self.task.exception()  # already raised to the transfer if it failed
 
 
 # -- helpers ----------------------------------------------------------------------------
@@ -701,61 +883,31 @@ class _ReleasingStream(httpx.AsyncByteStream):
             self._release()
 
 
-class _Stalled(Exception):
-    pass
-
-
-class _Watchdog:
-    """Low-speed detection: httpx's read timeout is per read, so a trickle never trips it."""
-
-    def __init__(self, window: float) -> None:
-        self.window = window
-        self.started = time.monotonic()
-        self.count = 0
-
-    def feed(self, size: int) -> None:
-        self.count += size
-        now = time.monotonic()
-        if now - self.started >= self.window:
-            if self.count < LOW_SPEED_BYTES:
-                raise _Stalled(f"less than {LOW_SPEED_BYTES} bytes in {self.window:.0f}s")
-            self.started, self.count = now, 0
-
-
-async def _write(part: PartFile, segment: Segment, offset: int, chunks: list[bytes]) -> None:
-    """One positioned write; ``pos`` moves only once the bytes are in the file."""
-    await part.write(offset, chunks)
-    segment.pos = offset + sum(len(c) for c in chunks)
-
-
-async def _prepend(prefix: bytes, stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    if prefix:
-        yield prefix
-    async for chunk in stream:
-        yield chunk
-
-
-async def _first_failure(tasks: list[asyncio.Task[None]]) -> None:
-    """Wait for every task; the first exception cancels the rest and is raised."""
-    pending = set(tasks)
-    while pending:
-        done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
+async def _wait_all(tasks: list[asyncio.Task[None]], saver: asyncio.Task[None]) -> None:
+    """Wait for every connection; the first exception (the saver's too) is raised."""
+    pending: set[asyncio.Task[None]] = {*tasks, saver}
+    while any(not task.done() for task in tasks):
+        done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
         for task in done:
-            if task.exception() is not None:
+            if not task.cancelled() and task.exception() is not None:
                 raise task.exception()  # type: ignore[misc]
 
 
-def _body_end(response: httpx.Response) -> int | None:
-    """The file offset where this response's body ends, when its headers say."""
-    if response.status_code == 206:
-        content_range = parse_content_range(response.headers.get("content-range"))
-        return None if content_range is None or content_range.end is None else content_range.end + 1
-    return _content_length(response)
+async def _detail(response: httpx.Response, timeout: float) -> str | None:
+    """The server's own words in a short error body (S3: ``Request has expired``)."""
+    body = bytearray()
 
+    async def read() -> None:
+        async for chunk in response.aiter_raw():
+            body.extend(chunk)
+            if len(body) >= REASON_BYTES:
+                return
 
-def _content_length(response: httpx.Response) -> int | None:
-    length = response.headers.get("content-length")
-    return int(length) if length is not None and length.isascii() and length.isdigit() else None
+    try:
+        await asyncio.wait_for(read(), timeout)
+    except (httpx.HTTPError, asyncio.TimeoutError, httpx.StreamError):
+        pass
+    return reason_from_body(response.headers.get("content-type"), bytes(body[:REASON_BYTES]))
 
 
 def _certificate_problem(exc: Exception) -> bool:
@@ -765,5 +917,3 @@ def _certificate_problem(exc: Exception) -> bool:
             return True
         cause = cause.__cause__ or cause.__context__
     return "CERTIFICATE_VERIFY_FAILED" in str(exc)
-
-

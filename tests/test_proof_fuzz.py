@@ -21,6 +21,7 @@ from dlman.errors import InvalidInputError
 from dlman.httpheaders import parse_content_disposition, parse_content_range, parse_retry_after
 from dlman.naming import choose_name, contained, sanitise_name
 from dlman.segments import SegmentPlan
+from dlman.remote import Validators
 from dlman.state import ResumeState, StateError
 
 BIG = settings(max_examples=2000, deadline=None, suppress_health_check=list(HealthCheck))
@@ -178,8 +179,8 @@ test_checksum_parses_or_raises_invalid_input_only, test_checksum_parses_or_raise
 def valid_state_bytes(size: int, cuts: list[int]) -> bytes:
     points = sorted({c % (size + 1) for c in cuts})
     missing = [[a, b] for a, b in zip(points[::2], points[1::2]) if a < b]
-    return ResumeState("https://example.org/f", size, '"e"', None, True,
-                       [tuple(m) for m in missing]).encode()
+    return ResumeState("https://example.org/f", size, [tuple(m) for m in missing],
+                       {"https://example.org/f": Validators('"e"')}, "https://example.org/f").encode()
 
 
 mutations = st.lists(st.tuples(st.sampled_from(["flip", "cut", "insert", "delete"]),
@@ -300,4 +301,4 @@ def test_fuzz_module_sanity():
     """The generated state strategy produces decodable states (else the mutations prove little)."""
     raw = valid_state_bytes(1000, [10, 20, 500, 900])
     assert ResumeState.decode(raw).missing == [(10, 20), (500, 900)]
-    assert json.loads(raw)["version"] == 1
+    assert json.loads(raw)["version"] == 2

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dlman.state import STATE_VERSION, ResumeState, StateError
+from dlman.remote import Validators
+from dlman.state import STATE_VERSION, ResumeState, StateError, source_key
 
 
 def disjoint_intervals(size: int):
@@ -16,29 +17,38 @@ def disjoint_intervals(size: int):
         lambda points: [(points[i], points[i + 1]) for i in range(0, len(points) - 1, 2)])
 
 
+validators = st.builds(Validators, etag=st.none() | st.text(), last_modified=st.none() | st.text(),
+                       date_is_strong=st.booleans())
+
+
 def sized_states():
     return st.integers(0, 2**63).flatmap(lambda size: st.builds(
         ResumeState,
         url=st.text(),
         size=st.just(size),
-        etag=st.one_of(st.none(), st.text()),
-        last_modified=st.one_of(st.none(), st.text()),
-        ranges=st.booleans(),
         missing=disjoint_intervals(size),
+        sources=st.dictionaries(st.text(), validators, max_size=3),
+        reference=st.none() | st.text(),
     ))
 
 
+SOURCE = {"etag": '"x"', "last_modified": None, "strong": False}
+
+
 def payload(**changes):
-    raw = {"version": STATE_VERSION, "url": "https://e.org/f", "size": 100, "etag": '"x"',
-           "last_modified": None, "ranges": True, "missing": [[10, 20], [50, 100]]}
+    raw = {"version": STATE_VERSION, "url": "https://e.org/f", "size": 100,
+           "missing": [[10, 20], [50, 100]], "reference": "https://e.org/f",
+           "sources": {"https://e.org/f": dict(SOURCE)}}
     raw.update(changes)
     return json.dumps(raw).encode()
 
 
 def test_valid_state_decodes():
     state = ResumeState.decode(payload())
-    assert state == ResumeState("https://e.org/f", 100, '"x"', None, True, [(10, 20), (50, 100)])
+    assert state == ResumeState("https://e.org/f", 100, [(10, 20), (50, 100)],
+                                {"https://e.org/f": Validators('"x"')}, "https://e.org/f")
     assert state.downloaded == 100 - 10 - 50
+    assert state.written() == [(0, 10), (20, 50)]
 
 
 @given(sized_states())
@@ -49,19 +59,42 @@ def test_encode_decode_round_trip(state):
 
 
 def test_encoding_is_compact_json_with_a_version():
-    data = ResumeState("u", 10, missing=[(0, 10)]).encode()
+    data = ResumeState("u", 10, [(0, 10)]).encode()
     raw = json.loads(data)
-    assert raw["version"] == STATE_VERSION == 1
+    assert raw["version"] == STATE_VERSION == 2
     assert raw["missing"] == [[0, 10]]
     assert b" " not in data
 
 
-def test_downloaded_of_unsized_state_is_zero():
-    assert ResumeState("u", None).downloaded == 0
+def test_a_version_1_state_is_read_with_its_validator_keyed_by_its_source():
+    raw = {"version": 1, "url": "https://***@e.org/f?sig=1", "size": 100, "etag": '"x"',
+           "last_modified": "Tue, 01 Oct 2024 10:00:00 GMT", "ranges": True, "missing": [[10, 100]]}
+    state = ResumeState.decode(json.dumps(raw).encode())
+    assert state.reference == "https://e.org/f"
+    # a date of unknown strength never goes into If-Range: the overlap check proves the source instead
+    assert state.sources == {"https://e.org/f": Validators('"x"', raw["last_modified"], False)}
+    assert state.missing == [(10, 100)]
+
+
+def test_a_version_1_state_without_ranges_is_refused():
+    raw = {"version": 1, "url": "u", "size": 100, "ranges": False, "missing": []}
+    with pytest.raises(StateError):
+        ResumeState.decode(json.dumps(raw).encode())
+
+
+@pytest.mark.parametrize("url, key", [
+    ("https://e.org/f", "https://e.org/f"),
+    ("HTTPS://E.ORG:443/f?X-Amz-Signature=abc#frag", "https://e.org:443/f"),
+    ("https://user:pw@e.org/dir/f?a=1", "https://e.org/dir/f"),
+    ("http://[::1]:8080/f", "http://[::1]:8080/f"),
+    ("http://e.org", "http://e.org/"),
+])
+def test_a_source_is_its_origin_and_path_without_credentials_or_query(url, key):
+    assert source_key(url) == key
 
 
 @pytest.mark.parametrize("data", [
-    b"", b"{", b'{"version": 1, "url": "u"', b"\xff\xfe", b"null", b"[]", b"42", b'"text"',
+    b"", b"{", b'{"version": 2, "url": "u"', b"\xff\xfe", b"null", b"[]", b"42", b'"text"',
     b"\xef\xbb\xbf" + payload(),
 ])
 def test_truncated_or_unreadable_data_is_a_state_error(data):
@@ -77,11 +110,12 @@ def test_truncated_real_state_is_always_a_state_error():
 
 
 @pytest.mark.parametrize("changes", [
-    {"version": 2}, {"version": 0}, {"version": None}, {"version": "1"},
+    {"version": 3}, {"version": 0}, {"version": None}, {"version": "2"},
     {"url": None}, {"url": 5},
-    {"ranges": None}, {"ranges": "yes"}, {"ranges": 1},
     {"size": -1}, {"size": True}, {"size": False}, {"size": 1.5}, {"size": "100"}, {"size": None},
-    {"etag": 5}, {"last_modified": ["x"]},
+    {"sources": None}, {"sources": []}, {"sources": {"k": None}}, {"sources": {"k": {"etag": 5}}},
+    {"sources": {"k": {"last_modified": ["x"]}}}, {"sources": {"k": {"strong": "yes"}}},
+    {"reference": 5},
     {"missing": None}, {"missing": "0-10"}, {"missing": {"0": 10}},
     {"missing": [[0, 10], [5, 20]]},          # overlapping
     {"missing": [[50, 60], [10, 20]]},        # out of order
@@ -100,7 +134,7 @@ def test_inconsistent_fields_are_a_state_error(changes):
 
 
 def test_missing_keys_are_a_state_error():
-    for key in ("version", "url", "size", "ranges", "missing"):
+    for key in ("version", "url", "size", "sources", "missing"):
         raw = json.loads(payload())
         del raw[key]
         with pytest.raises(StateError):
@@ -129,6 +163,10 @@ _json = st.recursive(
     "etag": st.none() | st.text(max_size=5) | _json,
     "last_modified": st.none() | _json,
     "ranges": st.booleans() | _json,
+    "reference": st.none() | st.text(max_size=5) | _json,
+    "sources": st.dictionaries(st.text(max_size=3), st.fixed_dictionaries({}, optional={
+        "etag": st.none() | st.text(max_size=3) | _json, "last_modified": st.none() | _json,
+        "strong": st.booleans() | _json})) | _json,
     "missing": st.lists(st.lists(st.integers(-5, 305), min_size=2, max_size=2), max_size=4) | _json,
 }))
 def test_json_shaped_junk_decodes_consistently_or_raises_state_error_only(raw):
@@ -136,8 +174,9 @@ def test_json_shaped_junk_decodes_consistently_or_raises_state_error_only(raw):
         state = ResumeState.decode(json.dumps(raw).encode())
     except StateError:
         return
-    assert isinstance(state.url, str) and isinstance(state.ranges, bool)
+    assert isinstance(state.url, str)
     assert isinstance(state.size, int) and not isinstance(state.size, bool) and state.size >= 0
+    assert all(isinstance(k, str) and isinstance(v, Validators) for k, v in state.sources.items())
     previous_end = -1
     for start, end in state.missing:
         assert previous_end < start < end <= state.size
@@ -146,7 +185,7 @@ def test_json_shaped_junk_decodes_consistently_or_raises_state_error_only(raw):
 
 def test_huge_number_is_a_state_error():
     with pytest.raises(StateError):
-        ResumeState.decode(b'{"version":1,"url":"u","size":' + b"9" * 5000 + b"}")
+        ResumeState.decode(b'{"version":2,"url":"u","size":' + b"9" * 5000 + b"}")
 
 
 def test_deeply_nested_json_is_a_state_error():
@@ -154,7 +193,7 @@ def test_deeply_nested_json_is_a_state_error():
         ResumeState.decode(b"[" * 100_000)
 
 
-@pytest.mark.parametrize("version", [True, 1.0])
+@pytest.mark.parametrize("version", [True, 2.0])
 def test_version_of_the_wrong_type_is_a_state_error(version):
     with pytest.raises(StateError):
         ResumeState.decode(payload(version=version))
