@@ -7,6 +7,7 @@ import logging
 from dlman.engine import Engine, download
 from dlman.errors import (
     ChecksumError,
+    DestinationBusyError,
     DestinationExistsError,
     DownloadError,
     HTTPStatusError,
@@ -27,6 +28,7 @@ logging.getLogger("dlman").addHandler(logging.NullHandler())
 
 __all__ = [
     "ChecksumError",
+    "DestinationBusyError",
     "DestinationExistsError",
     "DownloadError",
     "DownloadResult",

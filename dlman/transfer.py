@@ -712,7 +712,7 @@ class Transfer:
 
     def _changed(self, mirror: Mirror, key: str, why: str) -> None:
         """A source serves another version: the file itself changed, or one mirror is stale."""
-        if key == self.reference or len(self.mirrors.alive()) <= 1:
+        if key == self.reference or not any(m is not mirror for m in self.mirrors.alive()):
             raise _Restart(why)
         raise _MirrorGone(ProtocolError(f"{mask_url(mirror.url)}: {why}; this mirror is dropped",
                                         url=mirror.url))

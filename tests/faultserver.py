@@ -115,6 +115,14 @@ class Resource:
     content_disposition: str | None = None
     redirect_to: str | None = None
     redirect_status: int = 302
+    redirect_cycle: list[str] = field(default_factory=list)  # each request to the next in turn
+    presign_ttl: float | None = None  # redirect to redirect_to?expires=NOW+TTL&X-Amz-Signature=...
+    enforce_expiry: bool = False  # 403 (S3's XML) once the query's ``expires`` has passed
+    ignore_if_range: bool = False  # honour Range but answer 206 whatever If-Range says
+    weak_date_window: float | None = None  # Apache: an If-Range date this fresh is weak (200)
+    overlong_206: int | None = None  # junk bytes appended after a 206 body (Content-Length counts them)
+    overlong_206_close: bool = False  # ...sent without Content-Length, the body ending at close
+    connection_limit: int | None = None  # 503 to requests beyond this many at once
     headers: dict[str, str] = field(default_factory=dict)
     response_delay: float = 0.0
     content_type: str = "application/octet-stream"
@@ -573,6 +581,7 @@ class FaultServer:
             )
             return req.keep_alive
         res.requests.append(record)
+        over_limit = res.connection_limit is not None and res.active >= res.connection_limit
         res._enter()
         left = False
 
@@ -587,7 +596,10 @@ class FaultServer:
         try:
             if res.response_delay > 0:
                 await asyncio.sleep(res.response_delay)
-            plan = await self._plan(req, res)
+            if over_limit:
+                plan = self._simple_plan(503, None, res)
+            else:
+                plan = await self._plan(req, res)
             if not req.keep_alive:
                 plan.close = True
             record.status = plan.status
@@ -639,8 +651,21 @@ class FaultServer:
             return self._simple_plan(int(entry), None, res)
         if res.status is not None:
             return self._simple_plan(res.status, None, res)
+        if res.redirect_cycle:
+            target = res.redirect_cycle[(len(res.requests) - 1) % len(res.redirect_cycle)]
+            return self._simple_plan(res.redirect_status, {"Location": target}, res)
         if res.redirect_to is not None:
-            return self._simple_plan(res.redirect_status, {"Location": res.redirect_to}, res)
+            target = res.redirect_to
+            if res.presign_ttl is not None:
+                expires = time.time() + res.presign_ttl
+                signature = hashlib.sha256(f"{target}{expires}".encode()).hexdigest()
+                target += f"?expires={expires:.3f}&X-Amz-Signature={signature}"
+            return self._simple_plan(res.redirect_status, {"Location": target}, res)
+        if res.enforce_expiry and self._expired(req):
+            body = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code>'
+                    b"<Message>Request has expired</Message></Error>")
+            return _Plan(403, [("Content-Type", "application/xml"), ("Content-Length", str(len(body)))]
+                         + list(res.headers.items()), body)
 
         data = res.data
         asked_gzip = _accepts_gzip(req.headers.get("accept-encoding"))
@@ -714,19 +739,41 @@ class FaultServer:
         elif res.wrong_content_range == "total":
             shown_total = size + 1
         headers.append(("Content-Range", f"bytes {shown_first}-{last}/{shown_total}"))
-        headers.append(("Content-Length", str(last - first + 1)))
-        return _Plan(206, headers, body[first : last + 1], first)
+        piece: bytes | memoryview = body[first : last + 1]
+        if res.overlong_206:
+            piece = bytes(piece) + b"\x00" * res.overlong_206
+        if res.overlong_206_close:
+            return _Plan(206, headers, piece, first, close=True)
+        headers.append(("Content-Length", str(len(piece))))
+        return _Plan(206, headers, piece, first)
+
+    @staticmethod
+    def _expired(req: _Request) -> bool:
+        query = req.target.partition("?")[2]
+        for item in query.split("&"):
+            name, _, value = item.partition("=")
+            if name == "expires":
+                try:
+                    return float(value) < time.time()
+                except ValueError:
+                    return True
+        return False
 
     @staticmethod
     def _if_range_ok(req: _Request, res: Resource, etag: str | None) -> bool:
         """RFC 9110 If-Range: a strong ETag must match exactly, a date must equal Last-Modified."""
         value = req.headers.get("if-range")
-        if value is None:
+        if value is None or res.ignore_if_range:
             return True
         value = value.strip()
         if value.startswith('"') or value.startswith("W/"):
             return etag is not None and not etag.startswith("W/") and value == etag
-        return res.last_modified is not None and value == res.last_modified
+        if res.last_modified is None or value != res.last_modified:
+            return False
+        if res.weak_date_window is not None:
+            modified = email.utils.parsedate_to_datetime(res.last_modified).timestamp()
+            return time.time() - modified >= res.weak_date_window  # as Apache: a fresh date is weak
+        return True
 
     @staticmethod
     def _plan_cut(res: Resource, plan: _Plan) -> None:
