@@ -38,7 +38,7 @@ _DISK_ERRNOS = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded",
                 errno.EROFS: "read-only file system", errno.ELOOP: "it is a symbolic link (not followed)"}
 _NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EXDEV, errno.EMLINK}
 MAX_STATE_BYTES = 1 << 20
-_OPEN_FLAGS = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
+NOFOLLOW = os.O_NOFOLLOW  # on every open of NAME.part and its state files
 
 
 def storage_error(exc: OSError, path: Path) -> StorageError:
@@ -82,7 +82,7 @@ def _write_state(path: Path, data: bytes) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(temp)  # a leftover of a kill mid-save, or something planted: ours to remove
     try:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
             view = memoryview(data)
             while view:
@@ -123,10 +123,10 @@ def _lock_part(path: Path, dest: Path) -> tuple[int, bool]:
     while True:
         created = False
         try:
-            fd = os.open(path, _OPEN_FLAGS)
+            fd = os.open(path, os.O_RDWR | NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
             try:
-                fd = os.open(path, _OPEN_FLAGS | os.O_CREAT | os.O_EXCL, 0o644)
+                fd = os.open(path, os.O_RDWR | NOFOLLOW | os.O_CLOEXEC | os.O_CREAT | os.O_EXCL, 0o644)
                 created = True
             except FileExistsError:
                 continue
@@ -309,7 +309,7 @@ class PartFile:
     def read_state(self) -> bytes | None:
         """The raw state file, None when there is none; StateError for one not to be trusted."""
         try:
-            fd = os.open(self.state_file, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = os.open(self.state_file, os.O_RDONLY | NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
             return None
         except OSError as exc:

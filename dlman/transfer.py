@@ -476,7 +476,7 @@ class Transfer:
                 except _GiveUp as failure:
                     plan.give_back(segment)
                     segment = None
-                    if self.running > 1:
+                    if self._others_running():
                         log.warning("%s; this connection stops, the others go on", failure)
                         return
                     raise failure.error from None
@@ -487,6 +487,10 @@ class Transfer:
                 segment = None
         finally:
             self.running -= 1
+
+    def _others_running(self) -> bool:
+        """Whether a connection that gives up may leave its work to others (SPEC rule 6)."""
+        return self.running > 1
 
     async def _fill(self, index: int, segment: Segment, mirror: Mirror | None,
                     opening: _Opening | None) -> Mirror:
@@ -602,7 +606,7 @@ class Transfer:
         while True:
             try:
                 await self._receive(segment, mirror, response, verdict, b"")
-                if expected is None or segment.done:
+                if not _ended_short(segment, expected):
                     return
                 raise _Retry(f"the body ended after {segment.pos} of {expected} bytes")
             except _Retry as why:
@@ -749,10 +753,7 @@ class Transfer:
         client = self.engine.client
         if self.engine.tls_problem and url[:6].lower() == "https:":
             raise _MirrorGone(NetworkError(f"{mask_url(url)}: {self.engine.tls_problem}", url=url))
-        merged = httpx.Headers(self.mirrors.headers(url))
-        merged.update(headers)
-        merged["Accept-Encoding"] = "identity"  # SPEC rule 1, whatever the user's headers say
-        request = client.build_request("GET", url, headers=merged)
+        request = client.build_request("GET", url, headers=self._headers(url, headers))
         log.info("GET %s %s", mask_url(url), headers.get("Range", ""))
         release = await self.engine.acquire_host_slot(request.url.host)
         try:
@@ -782,6 +783,13 @@ class Transfer:
             raise
         response.stream = _ReleasingStream(response.stream, release)  # type: ignore[arg-type]
         return response
+
+    def _headers(self, url: str, extra: dict[str, str]) -> httpx.Headers:
+        """The user's headers that may go to ``url``, then dlman's own, then identity (SPEC rule 1)."""
+        merged = httpx.Headers(self.mirrors.headers(url))
+        merged.update(extra)
+        merged["Accept-Encoding"] = "identity"
+        return merged
 
     # -- state and progress ------------------------------------------------------------
     async def _save(self) -> None:
@@ -881,6 +889,11 @@ class _ReleasingStream(httpx.AsyncByteStream):
             await self._inner.aclose()
         finally:
             self._release()
+
+
+def _ended_short(segment: Segment, expected: int | None) -> bool:
+    """A body that ended before the size it announced is never taken as complete (SPEC rule 6)."""
+    return expected is not None and not segment.done
 
 
 async def _wait_all(tasks: list[asyncio.Task[None]], saver: asyncio.Task[None]) -> None:

@@ -16,6 +16,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from faultserver import FaultServer, make_data as _make_data  # noqa: E402
+from sabotages import apply_from_environment  # noqa: E402
+
+apply_from_environment()  # scripts/sabotage.py: one mechanism switched off, to see its tests fail
 
 
 @pytest.fixture

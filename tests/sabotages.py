@@ -1,0 +1,278 @@
+"""The guarantees' mechanisms, each with a way to switch it off and the tests that must then fail.
+
+``scripts/sabotage.py`` runs each entry's tests with that one mechanism switched off (in the
+test process and in every dlman process it starts, through ``DLMAN_SABOTAGE``) and reports
+the tests that still pass: a test that passes without its mechanism proves nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+ENV = "DLMAN_SABOTAGE"
+
+
+@dataclass(frozen=True)
+class Sabotage:
+    name: str
+    what: str
+    switch_off: Callable[[], None]
+    tests: tuple[str, ...]
+
+
+def _takeover() -> None:
+    from dlman.segments import SegmentPlan
+
+    def idle_only(self):  # type: ignore[no-untyped-def]
+        for segment in self.segments:
+            if not segment.busy and not segment.done:
+                segment.busy = True
+                return segment
+        return None
+    SegmentPlan.next_work = idle_only
+
+
+def _if_range() -> None:
+    from dlman.remote import Validators
+    Validators.if_range = lambda self: None  # type: ignore[method-assign]
+
+
+def _range_check() -> None:
+    from dlman import remote, transfer
+    from dlman.remote import Action, Verdict
+
+    def trusting(answer, ask, remote_file, known):  # type: ignore[no-untyped-def]
+        if answer.status in (200, 206):
+            return Verdict(Action.ACCEPT, start=ask.start, end=ask.end)
+        return original(answer, ask, remote_file, known)
+    original = remote.judge_range
+    transfer.judge_range = trusting
+
+
+def _validators() -> None:
+    from dlman.remote import Validators
+    Validators.contradicts = lambda self, other: False  # type: ignore[method-assign]
+
+
+def _flush_by_age() -> None:
+    from dlman import receiver
+
+    async def nothing(self):  # type: ignore[no-untyped-def]
+        return None
+    receiver.FLUSH_AGE = float("inf")
+    receiver.Receiver.flush = nothing
+
+
+def _destination_lock() -> None:
+    import fcntl
+
+    from dlman import storage
+    real_flock = fcntl.flock
+
+    class NoLock:
+        LOCK_EX, LOCK_NB, LOCK_UN = fcntl.LOCK_EX, fcntl.LOCK_NB, fcntl.LOCK_UN
+
+        @staticmethod
+        def flock(fd, operation):  # type: ignore[no-untyped-def]
+            if operation & fcntl.LOCK_EX:
+                return None
+            return real_flock(fd, operation)
+    storage.fcntl = NoLock  # type: ignore[assignment]
+
+
+def _no_clobber() -> None:
+    from dlman import storage
+    real = storage._publish
+    storage._rename_into_place = storage.aiofiles.os.wrap(
+        lambda part, dest, leftovers, overwrite: real(part, dest, leftovers, True))
+
+
+def _nofollow() -> None:
+    from dlman import storage
+    storage.NOFOLLOW = 0
+
+
+def _overlap() -> None:
+    from dlman import transfer
+
+    async def trust(self, mirror):  # type: ignore[no-untyped-def]
+        return None
+    transfer.overlap_before = lambda pos, written, limit=0: 0
+    transfer.Transfer._probe = trust
+
+
+def _fallback() -> None:
+    from dlman import remote, transfer
+    from dlman.remote import Action, Verdict
+
+    def whole_body_at_offset(answer, ask, remote_file, known):  # type: ignore[no-untyped-def]
+        verdict = original(answer, ask, remote_file, known)
+        if answer.status == 200 and verdict.action is Action.FALLBACK:
+            return Verdict(Action.ACCEPT, start=ask.start, end=ask.end)
+        return verdict
+    original = remote.judge_range
+    transfer.judge_range = whole_body_at_offset
+
+
+def _retire() -> None:
+    from dlman.transfer import Transfer
+    Transfer._others_running = lambda self: False  # type: ignore[method-assign]
+
+
+def _credentials_origin() -> None:
+    from dlman import mirrors
+    mirrors.headers_for = lambda url, credentials_origin, headers: headers
+
+
+def _pinning() -> None:
+    from dlman.mirrors import Mirror
+    Mirror.ask = property(lambda self: self.url)  # type: ignore[assignment]
+
+
+def _watchdog() -> None:
+    from dlman.receiver import Watchdog
+    Watchdog.feed = lambda self, size: None  # type: ignore[method-assign]
+
+
+def _checksum() -> None:
+    from dlman import storage
+    real = storage.PartFile.finish
+
+    async def unchecked(self, size, checksum, url, *, overwrite):  # type: ignore[no-untyped-def]
+        return await real(self, size, None, url, overwrite=overwrite)
+    storage.PartFile.finish = unchecked
+
+
+def _identity() -> None:
+    from dlman.transfer import Transfer
+    real = Transfer._headers
+
+    def as_asked(self, url, extra):  # type: ignore[no-untyped-def]
+        headers = real(self, url, extra)
+        for name, value in self.mirrors.user_headers:
+            if name.lower() == "accept-encoding":
+                headers["Accept-Encoding"] = value
+        return headers
+    Transfer._headers = as_asked
+
+
+def _weak_dates() -> None:
+    from dlman import remote
+    real = remote.read_validators
+
+    def all_strong(headers):  # type: ignore[no-untyped-def]
+        found = real(headers)
+        return remote.Validators(found.etag, found.last_modified, found.last_modified is not None)
+    remote.read_validators = all_strong
+
+
+def _fsync_before_state() -> None:
+    from dlman import storage
+
+    async def state_only(self, state):  # type: ignore[no-untyped-def]
+        await storage._save_state(self.state_file, state.encode())
+    storage.PartFile.save_state = state_only
+
+
+def _meaningful_progress() -> None:
+    from dlman import transfer
+    transfer.MEANINGFUL_PROGRESS = 1
+
+
+def _stoppable_digest() -> None:
+    from dlman import storage, transfer
+
+    async def to_the_end(function):  # type: ignore[no-untyped-def]
+        import asyncio
+        import threading
+        future = asyncio.get_running_loop().run_in_executor(None, lambda: function(stop=threading.Event()))
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            await asyncio.wait([future])  # a cancel waits for the whole digest
+            raise
+    storage.stoppable = to_the_end
+    transfer.stoppable = to_the_end
+
+
+def _save_retry() -> None:
+    from dlman import transfer
+    transfer.SAVE_FAILURES = 1
+
+
+E = "tests/test_engine.py::"
+N = "tests/test_never_wrong.py::"
+H = "tests/test_proof_hostile.py::"
+
+CATALOGUE: tuple[Sabotage, ...] = (
+    Sabotage("takeover", "a finished connection takes over half of the largest remaining part", _takeover,
+             (E + "test_finished_connection_takes_over_half_of_the_slow_one",)),
+    Sabotage("if-range", "resumed requests carry If-Range", _if_range,
+             (E + "test_resume_with_strong_etag_sends_if_range_and_fetches_only_the_rest",
+              E + "test_resume_uses_last_modified_when_there_is_no_etag")),
+    Sabotage("range-check", "every 206 is checked (start, total, lengths, encoding) before a byte is written",
+             _range_check,
+             (E + "test_wrong_content_range_never_writes_at_a_wrong_offset",
+              N + "test_a_206_longer_than_its_content_range_is_never_written_past_it",
+              H + "test_gzip_appearing_on_a_later_range_never_mixes_representations")),
+    Sabotage("validators", "a 206 whose validators differ from the recorded ones means the file changed",
+             _validators,
+             (N + "test_a_206_with_another_etag_is_a_change_even_when_if_range_is_ignored",)),
+    Sabotage("flush-by-age", "what arrived reaches the disk by age and before every save", _flush_by_age,
+             (E + "test_state_is_saved_at_least_every_second",
+              N + "test_a_slow_connection_reaches_the_disk_and_the_state_within_a_second_or_two")),
+    Sabotage("destination-lock", "one transfer per destination, across processes", _destination_lock,
+             (N + "test_two_downloads_of_one_destination_never_mix",
+              N + "test_a_destination_locked_by_another_process_is_busy")),
+    Sabotage("no-clobber", "publishing never replaces a destination that appeared meanwhile", _no_clobber,
+             (N + "test_a_destination_that_appears_meanwhile_is_not_clobbered",)),
+    Sabotage("nofollow", "no symlink planted at NAME.part or its state files is followed", _nofollow,
+             (N + "test_a_planted_symlink_is_never_followed",
+              N + "test_a_planted_state_symlink_is_ignored_and_never_written_through")),
+    Sabotage("overlap", "without validators, bytes on disk prove a source (overlap and probe)", _overlap,
+             (E + "test_resume_without_validators_checks_the_overlap",
+              N + "test_a_new_mirror_must_serve_the_bytes_on_disk_before_it_is_used",
+              N + "test_a_resume_with_a_weak_date_proves_the_overlap_instead")),
+    Sabotage("fallback", "a 200 to a later range falls back to one stream", _fallback,
+             (E + "test_200_to_a_later_range_falls_back_to_one_stream",)),
+    Sabotage("retire", "a connection that gives up hands its work to the others", _retire,
+             (N + "test_a_connection_out_of_retries_hands_back_its_work",)),
+    Sabotage("credentials-origin", "credential headers go only to their own origin", _credentials_origin,
+             (N + "test_credentials_go_only_to_the_origin_they_were_given_for",)),
+    Sabotage("pinning", "a redirect's final URL is pinned for the attempt", _pinning,
+             (N + "test_a_redirector_that_picks_another_mirror_each_time_serves_one_download",)),
+    Sabotage("watchdog", "a trickle under the read timeout is a stall", _watchdog,
+             (H + "test_a_trickled_body_is_a_stall_and_the_engine_gives_up",
+              N + "test_a_trickled_overlap_is_a_stall")),
+    Sabotage("checksum", "a checksum mismatch fails the job and deletes the data", _checksum,
+             (E + "test_checksum_mismatch_raises_and_deletes_the_bad_data",)),
+    Sabotage("identity", "every request asks for identity, whatever the user's headers", _identity,
+             (N + "test_identity_is_asked_for_whatever_the_user_headers_say",)),
+    Sabotage("weak-dates", "a Last-Modified within a second of Date is no If-Range validator", _weak_dates,
+             (N + "test_a_freshly_modified_file_on_apache_downloads",)),
+    Sabotage("fsync-before-state", "a state never claims bytes that were not fsynced", _fsync_before_state,
+             ("tests/test_proof_powercut.py::"
+              "test_every_saved_state_claims_only_fsynced_bytes_and_resumes_from_a_power_cut_image",)),
+    Sabotage("meaningful-progress", "only a meaningful amount of progress resets the retries",
+             _meaningful_progress, (N + "test_progress_means_a_meaningful_amount",)),
+    Sabotage("stoppable-digest", "a cancel during verification stops the digest", _stoppable_digest,
+             (N + "test_cancel_during_checksum_verification_is_prompt",)),
+    Sabotage("save-retry", "a failed state save is retried, not fatal", _save_retry,
+             (N + "test_a_failed_save_is_retried_and_later_saves_go_on",)),
+)
+
+
+def by_name(name: str) -> Sabotage:
+    for sabotage in CATALOGUE:
+        if sabotage.name == name:
+            return sabotage
+    raise KeyError(name)
+
+
+def apply_from_environment() -> None:
+    """Switch off the mechanism named in ``DLMAN_SABOTAGE`` (nothing when it is unset)."""
+    name = os.environ.get(ENV)
+    if name:
+        by_name(name).switch_off()
