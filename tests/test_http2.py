@@ -19,7 +19,6 @@ import pytest
 import trustme
 
 import dlman
-from dlman.engine import Engine
 from faultserver import make_data
 from h2server import H2Request, H2Resource, H2Server
 
@@ -91,7 +90,7 @@ def test_h2_download_never_waits_for_a_timeout(h2_server: H2Server, big: bytes,
     dest = tmp_path / "big.bin"
 
     async def main() -> None:
-        async with Engine(connections=8, http2=True, timeout=30) as engine:
+        async with dlman.Engine(connections=8, http2=True, timeout=30) as engine:
             await asyncio.wait_for(engine.download(h2_server.url("/big.bin"), dest), 20)
 
     started = time.monotonic()
