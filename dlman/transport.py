@@ -14,6 +14,12 @@ sees the same exception types whichever backend is in use.
 Only for asyncio event loops (not trio), and only without proxies: a custom ``transport=``
 disables httpx's environment proxies, so the engine uses :func:`make_transport` only when
 no proxy variables apply (and :func:`native_backend_available` says the interfaces match).
+
+Over HTTP/2 the pool's connections also cancel what they no longer read
+(:class:`CancellingHTTP2Connection`): httpcore closes a response cut short without telling
+the server, which then keeps sending DATA that is never acknowledged, until the
+connection's flow-control window is gone and every other stream on it waits for a timeout.
+Through a proxy (httpx's own transport) HTTP/2 runs on httpcore's connection as it is.
 """
 
 from __future__ import annotations
@@ -31,6 +37,14 @@ import httpcore
 import httpx
 
 try:
+    import h2.connection
+    import h2.errors
+    import h2.events
+    import h2.exceptions
+except ImportError:  # pragma: no cover - httpx[http2] brings it; without it there is no h2
+    h2 = None  # type: ignore[assignment]
+
+try:
     import sniffio  # noqa: F401  (httpcore asks for it on every request)
 except ImportError:
     # httpcore imports sniffio inside each pool operation; when it is absent, every
@@ -41,6 +55,8 @@ except ImportError:
 __all__ = [
     "AsyncioBackend",
     "AsyncioStream",
+    "CancellingHTTP2Connection",
+    "cancelling_http2_available",
     "make_transport",
     "native_backend_available",
 ]
@@ -435,6 +451,196 @@ class AsyncioBackend(httpcore.AsyncNetworkBackend):
         return AsyncioStream(transport, protocol)
 
 
+class CancellingHTTP2Connection(httpcore.AsyncHTTP2Connection):
+    """httpcore's HTTP/2 connection, except that no flow-control window is lost.
+
+    httpcore forgets a stream whose response is closed before its end (a segment cut
+    short): it sends no RST_STREAM, so the server goes on sending, and it drops that
+    stream's DATA, queued or still to come, without acknowledging it, so the connection
+    window shrinks for good. Here a response closed early resets its stream (CANCEL) and
+    acknowledges the DATA queued for it; h2 itself acknowledges DATA that arrives on a
+    stream after we reset it.
+
+    It also moves bytes with less Python per byte (measured: about a fifth less CPU for
+    8 streams over loopback TLS): larger reads, and the DATA frames already queued for a
+    stream go up as one chunk with one acknowledgement.
+    """
+
+    # Up to 16 frames of the default 16 KiB per h2 parse; the backend buffers this much.
+    READ_NUM_BYTES = HIGH_WATER
+
+    def __init__(self, *args: typing.Any, **kwargs: typing.Any) -> None:
+        super().__init__(*args, **kwargs)
+        # The request of each open stream: a write needs its timeouts.
+        self._stream_requests: dict[int, httpcore.Request] = {}
+
+    async def _send_request_headers(self, request: httpcore.Request, stream_id: int) -> None:
+        self._stream_requests[stream_id] = request
+        await super()._send_request_headers(request=request, stream_id=stream_id)
+
+    async def _receive_response_body(
+        self, request: httpcore.Request, stream_id: int
+    ) -> typing.AsyncIterator[bytes]:
+        while True:
+            event = await self._receive_stream_event(request, stream_id)
+            if isinstance(event, h2.events.StreamEnded):
+                return
+            if not isinstance(event, h2.events.DataReceived):
+                continue
+            chunks = [event.data]
+            size = event.flow_controlled_length or 0
+            queue = self._events[stream_id]
+            while queue and isinstance(queue[0], h2.events.DataReceived):
+                event = queue.pop(0)
+                chunks.append(event.data)
+                size += event.flow_controlled_length or 0
+            self._release(stream_id, size)
+            await self._write_outgoing_data(request)
+            yield chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    async def _response_closed(self, stream_id: int) -> None:
+        try:
+            await self._cancel_stream(stream_id)
+        finally:
+            await super()._response_closed(stream_id=stream_id)
+
+    async def _cancel_stream(self, stream_id: int) -> None:
+        """Reset ``stream_id`` if the server may still send on it; release its unread DATA."""
+        request = self._stream_requests.pop(stream_id, None)
+        unread = sum(
+            event.flow_controlled_length or 0
+            for event in self._events.get(stream_id, ())
+            if isinstance(event, h2.events.DataReceived)
+        )
+        stream = self._h2_state.streams.get(stream_id)
+        reset = stream is not None and not stream.closed
+        try:
+            if reset:
+                self._h2_state.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
+            self._release(stream_id, unread)
+        except h2.exceptions.ProtocolError:
+            return  # the connection is closing: there is nobody left to tell
+        if not (reset or unread) or request is None or self._connection_error:
+            return
+        try:
+            await self._write_outgoing_data(request)
+        except Exception:  # noqa: BLE001 - httpcore marked the connection broken already
+            pass
+
+    def _release(self, stream_id: int, size: int) -> None:
+        """Count ``size`` DATA bytes as read, so the connection window gets them back."""
+        if size > 0:
+            self._h2_state.acknowledge_received_data(size, stream_id)
+
+
+class _HTTPConnection(httpcore.AsyncHTTPConnection):
+    """httpcore's connection, which speaks HTTP/2 through :class:`CancellingHTTP2Connection`."""
+
+    async def handle_async_request(self, request: httpcore.Request) -> httpcore.Response:
+        if not self.can_handle_request(request.url.origin):
+            raise RuntimeError(
+                f"request to {request.url.origin} on a connection to {self._origin}"
+            )
+        try:
+            async with self._request_lock:
+                if self._connection is None:
+                    stream = await self._connect(request)
+                    self._connection = self._speak(stream)
+        except BaseException:
+            self._connect_failed = True
+            raise
+        return await self._connection.handle_async_request(request)
+
+    def _speak(self, stream: httpcore.AsyncNetworkStream) -> httpcore.AsyncConnectionInterface:
+        """The protocol connection for a new ``stream``: h2 if ALPN chose it (or h2 only)."""
+        ssl_object = stream.get_extra_info("ssl_object")
+        negotiated = ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2"
+        protocol: type[typing.Any] = httpcore.AsyncHTTP11Connection
+        if negotiated or (self._http2 and not self._http1):
+            protocol = CancellingHTTP2Connection
+        return protocol(origin=self._origin, stream=stream, keepalive_expiry=self._keepalive_expiry)
+
+
+# What a pool passes on to each connection it opens (AsyncHTTPConnection's parameters).
+_CONNECTION_OPTIONS = (
+    "ssl_context", "keepalive_expiry", "http1", "http2", "retries",
+    "local_address", "uds", "network_backend", "socket_options",
+)
+
+
+class _CancellingPool(httpcore.AsyncConnectionPool):
+    """A connection pool (without proxy) whose connections are :class:`_HTTPConnection`."""
+
+    def __init__(self, **options: typing.Any) -> None:
+        if options.get("proxy") is not None:
+            raise ValueError("the cancelling pool opens direct connections only")
+        super().__init__(**options)
+        self._connection_options = {
+            name: options[name] for name in _CONNECTION_OPTIONS if name in options
+        }
+
+    def create_connection(self, origin: httpcore.Origin) -> httpcore.AsyncConnectionInterface:
+        return _HTTPConnection(origin=origin, **self._connection_options)
+
+
+def _has_parameters(function: typing.Any, *names: str) -> bool:
+    try:
+        params = inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return False
+    return all(name in params for name in names)
+
+
+@functools.lru_cache(maxsize=None)
+def cancelling_http2_available() -> bool:
+    """Whether httpcore's and h2's internals are what :class:`CancellingHTTP2Connection`
+    overrides and uses (else HTTP/2 goes through httpcore's own connection, as before)."""
+    try:
+        if h2 is None:
+            return False
+        http2 = httpcore.AsyncHTTP2Connection
+        http = httpcore.AsyncHTTPConnection
+        checks = [
+            _has_parameters(http2._send_request_headers, "request", "stream_id"),
+            _has_parameters(http2._receive_response_body, "request", "stream_id"),
+            _has_parameters(http2._receive_stream_event, "request", "stream_id"),
+            _has_parameters(http2._response_closed, "stream_id"),
+            _has_parameters(http2._write_outgoing_data, "request"),
+            _has_parameters(http2, "origin", "stream", "keepalive_expiry"),
+            _has_parameters(httpcore.AsyncHTTP11Connection, "origin", "stream", "keepalive_expiry"),
+            _has_parameters(http._connect, "request"),
+            _has_parameters(http, *_CONNECTION_OPTIONS),
+            _has_parameters(httpcore.AsyncConnectionPool.create_connection, "origin"),
+            _has_parameters(h2.connection.H2Connection.reset_stream, "stream_id", "error_code"),
+            _has_parameters(
+                h2.connection.H2Connection.acknowledge_received_data,
+                "acknowledged_size", "stream_id",
+            ),
+            isinstance(h2.errors.ErrorCodes.CANCEL, int),
+            isinstance(getattr(http2, "READ_NUM_BYTES", None), int),
+            hasattr(h2.events, "DataReceived") and hasattr(h2.events, "StreamEnded"),
+        ]
+        if not all(checks):
+            return False
+        # The state they keep per instance: build one of each (no I/O happens here).
+        origin = httpcore.Origin(b"https", b"example.invalid", 443)
+        connection = http(origin=origin)
+        if not all(hasattr(connection, name) for name in (
+            "_origin", "_connection", "_request_lock", "_connect_failed",
+            "_http1", "_http2", "_keepalive_expiry",
+        )):
+            return False
+        probe = CancellingHTTP2Connection(origin=origin, stream=None)  # type: ignore[arg-type]
+        state = getattr(probe, "_h2_state", None)
+        return (
+            isinstance(getattr(probe, "_events", None), dict)
+            and isinstance(getattr(state, "streams", None), dict)
+            and isinstance(getattr(probe, "_connection_error", None), bool)
+        )
+    except Exception:  # pragma: no cover - anything odd means "don't use it"
+        return False
+
+
 @functools.lru_cache(maxsize=None)
 def native_backend_available() -> bool:
     """Whether httpcore/httpx look as this module expects (else use the default transport).
@@ -481,8 +687,10 @@ def make_transport(
 
     Configured as ``httpx.AsyncHTTPTransport(verify=..., http2=..., limits=..., retries=...,
     trust_env=...)`` would be (same SSL context rules, SSL_CERT_FILE/SSL_CERT_DIR when
-    ``trust_env``); only the network backend differs. Falls back to the plain transport if
-    :func:`native_backend_available` is False.
+    ``trust_env``); only the network backend differs, and over HTTP/2 the connections
+    cancel the streams they stop reading. Falls back to the plain transport if
+    :func:`native_backend_available` is False, and to httpcore's HTTP/2 connection if
+    :func:`cancelling_http2_available` is False.
     """
     # Built once and shared, so certifi's bundle is parsed once per transport.
     ssl_context = httpx.create_ssl_context(verify=verify, trust_env=trust_env)
@@ -491,7 +699,8 @@ def make_transport(
     )
     if not native_backend_available():
         return transport
-    transport._pool = httpcore.AsyncConnectionPool(
+    pool = _CancellingPool if http2 and cancelling_http2_available() else httpcore.AsyncConnectionPool
+    transport._pool = pool(
         ssl_context=ssl_context,
         max_connections=limits.max_connections,
         max_keepalive_connections=limits.max_keepalive_connections,

@@ -2,7 +2,8 @@
 httpx's default one and fail with the same httpx exceptions, or dlman's retries break.
 
 Servers are tiny blocking socket servers in threads on 127.0.0.1, started here, so the
-tests depend on nothing but httpx, h2 and trustme.
+tests depend on nothing but httpx, h2 and trustme; the HTTP/2 flow-control tests use the
+h2 server of tests/h2server.py.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import httpx
 import pytest
 
 from dlman import transport as tr
+from h2server import H2Server
 
 DATA = random.Random(20240601).randbytes(8 * 1024 * 1024)
 BIG = DATA * 4  # 32 MiB for the back-pressure test
@@ -522,3 +524,117 @@ def test_buffer_grows_for_data_delivered_while_paused() -> None:
     assert protocol.unread == 0 and len(protocol._buf) <= tr.CAPACITY
     protocol.data_received(b"tail")  # the fallback path for a loop without get_buffer()
     assert protocol.take(100) == b"tail"
+
+
+# --- HTTP/2: streams cut short are reset, and their flow-control window comes back --------
+
+H2_WINDOW = 65535 + 2**24  # what httpcore opens for the connection and for each stream
+MiB = 1 << 20
+
+
+def h2_client(server: typing.Any) -> httpx.AsyncClient:
+    # A read timeout far shorter than the tests' bound: a stall shows up as ReadTimeout.
+    return client(verify=server.client_context(), http2=True,
+                  timeout=httpx.Timeout(10.0, read=5.0))
+
+
+def h2_connection(c: httpx.AsyncClient) -> typing.Any:
+    (connection,) = c._transport._pool.connections  # type: ignore[attr-defined]
+    return connection._connection
+
+
+def test_http2_pool_is_the_cancelling_one_unless_internals_differ(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import httpcore
+
+    assert tr.cancelling_http2_available()
+    pool = tr.make_transport(limits=LIMITS, http2=True)._pool  # type: ignore[attr-defined]
+    assert isinstance(pool, tr._CancellingPool)
+    assert type(tr.make_transport(limits=LIMITS)._pool) is httpcore.AsyncConnectionPool  # type: ignore[attr-defined]
+    monkeypatch.setattr(tr, "cancelling_http2_available", lambda: False)
+    pool = tr.make_transport(limits=LIMITS, http2=True)._pool  # type: ignore[attr-defined]
+    assert type(pool) is httpcore.AsyncConnectionPool
+
+
+@pytest.mark.parametrize("owner, name", [
+    ("httpcore.AsyncHTTP2Connection", "_response_closed"),
+    ("httpcore.AsyncHTTP2Connection", "_receive_stream_event"),
+    ("httpcore.AsyncHTTP2Connection", "_write_outgoing_data"),
+    ("httpcore.AsyncHTTPConnection", "_connect"),
+    ("h2.connection.H2Connection", "reset_stream"),
+])
+def test_cancelling_http2_checks_the_internals_it_relies_on(
+    monkeypatch: pytest.MonkeyPatch, owner: str, name: str
+) -> None:
+    import importlib
+
+    module, _, cls = owner.rpartition(".")
+    target = getattr(importlib.import_module(module), cls)
+    available = tr.cancelling_http2_available.__wrapped__  # the uncached check
+    assert available()
+    monkeypatch.delattr(target, name)
+    assert not available()
+
+
+def test_http2_response_closed_early_resets_its_stream(ca: typing.Any) -> None:
+    """The server must stop sending a stream nobody reads, and the others must not stall."""
+    with H2Server(ca=ca) as srv:
+        a = srv.add("/a", BIG)
+        b = srv.add("/b", DATA * 3)  # 24 MiB: more than the connection window
+
+        async def main() -> None:
+            async with h2_client(srv) as c:
+                async with c.stream("GET", srv.url("/a")) as response:
+                    got = 0
+                    async for chunk in response.aiter_raw():
+                        got += len(chunk)
+                        if got >= MiB:
+                            break
+                response = await c.get(srv.url("/b"))
+                assert response.http_version == "HTTP/2" and response.content == b.data
+
+        asyncio.run(main())
+    (cut,) = a.requests
+    assert cut.resets >= 1 and cut.stopped and cut.sent < len(BIG)
+    assert srv.connections == ["h2"] and srv.errors == []
+
+
+def test_http2_unread_data_of_a_closed_response_is_given_back(ca: typing.Any) -> None:
+    """A response closed with a full connection window of its DATA still queued: unless
+    that DATA counts as read, the window never reopens and the next stream starves."""
+    with H2Server(ca=ca) as srv:
+        srv.sequential = True  # all of /a before any of /b
+        srv.add("/a", BIG)
+        b = srv.add("/b", DATA[:MiB])
+
+        async def main() -> None:
+            async with h2_client(srv) as c:
+                first = await c.send(c.build_request("GET", srv.url("/a")), stream=True)
+                second = await c.send(c.build_request("GET", srv.url("/b")), stream=True)
+                # Reading /b pulls /a's DATA off the socket into /a's queue, unread, until
+                # the connection window is spent.
+                reading = asyncio.create_task(second.aread())
+                state = h2_connection(c)._h2_state
+                deadline = time.monotonic() + 4
+                while state.inbound_flow_control_window > 0:
+                    assert time.monotonic() < deadline, state.inbound_flow_control_window
+                    await asyncio.sleep(0.01)
+                await first.aclose()
+                assert await asyncio.wait_for(reading, 10) == b.data
+
+        asyncio.run(main())
+    assert srv.connections == ["h2"] and srv.errors == []
+
+
+def test_http2_client_speaks_http11_when_alpn_chooses_it(ca: typing.Any) -> None:
+    with H2Server(ca=ca, alpn=("http/1.1",)) as srv:
+        res = srv.add("/x", DATA)
+
+        async def main() -> None:
+            async with h2_client(srv) as c:
+                response = await c.get(srv.url("/x"))
+                assert response.http_version == "HTTP/1.1" and response.content == DATA
+
+        asyncio.run(main())
+    assert res.protocols == {"http/1.1"}
