@@ -132,15 +132,21 @@ class Engine:
             log.warning("%s; HTTPS downloads will fail", self.tls_problem)
         self._netrc = _netrc_auth()
         options: dict[str, Any] = {}
+        http2 = self.http2
+        if _proxy_configured() and http2:
+            # Through a proxy httpx's own HTTP/2 connections are used, and they stall when a
+            # segment's stream is cut short: HTTP/1.1 over several connections is the safe path.
+            log.warning("a proxy is configured: using HTTP/1.1 instead of HTTP/2")
+            http2 = False
         if not _proxy_configured():
             try:
                 from dlman import transport
             except ImportError:
                 transport = None  # type: ignore[assignment]
             if transport is not None and transport.native_backend_available():
-                options["transport"] = transport.make_transport(verify=context, http2=self.http2, limits=limits)
+                options["transport"] = transport.make_transport(verify=context, http2=http2, limits=limits)
         return httpx.AsyncClient(
-            http2=self.http2,
+            http2=http2,
             verify=context,
             timeout=httpx.Timeout(self.timeout, pool=None),
             limits=limits,

@@ -197,6 +197,11 @@ def _stoppable_digest() -> None:
     transfer.stoppable = to_the_end
 
 
+def _h2_reset() -> None:
+    from dlman import transport
+    transport.cancelling_http2_available = lambda: False
+
+
 def _save_retry() -> None:
     from dlman import transfer
     transfer.SAVE_FAILURES = 1
@@ -259,6 +264,9 @@ CATALOGUE: tuple[Sabotage, ...] = (
              _meaningful_progress, (N + "test_progress_means_a_meaningful_amount",)),
     Sabotage("stoppable-digest", "a cancel during verification stops the digest", _stoppable_digest,
              (N + "test_cancel_during_checksum_verification_is_prompt",)),
+    Sabotage("h2-reset", "an HTTP/2 stream cut short is reset and its window given back", _h2_reset,
+             ("tests/test_http2.py::test_segmented_h2_download_resets_the_streams_it_cuts",
+              "tests/test_transport.py::test_http2_response_closed_early_resets_its_stream")),
     Sabotage("save-retry", "a failed state save is retried, not fatal", _save_retry,
              (N + "test_a_failed_save_is_retried_and_later_saves_go_on",)),
 )

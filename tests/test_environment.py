@@ -53,3 +53,13 @@ def test_netrc_credentials_are_sent(server, tmp_path, where):
     expected = "Basic " + base64.b64encode(b"alice:s3cr3t").decode()
     assert resource.requests[0].headers["authorization"] == expected
     assert "s3cr3t" not in result.stderr + result.stdout
+
+
+def test_http2_through_a_proxy_falls_back_to_http11_with_a_warning(server, tmp_path):
+    """httpx's own HTTP/2 connections (used through proxies) stall on cut streams: HTTP/1.1 instead."""
+    server.add("/h.bin", b"through the proxy")
+    result = dlman(tmp_path / "home", "add", "--http2", "-d", str(tmp_path), "--retries", "0",
+                   "http://origin.dlman.invalid/h.bin", env={"HTTP_PROXY": server.base_url})
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "h.bin").read_bytes() == b"through the proxy"
+    assert "using HTTP/1.1 instead of HTTP/2" in result.stderr
