@@ -40,25 +40,35 @@ class ManifestError(InvalidInputError):
         self.problems = tuple(problems)
 
 
-def check_out(out: str) -> str:
-    """An ``out`` name that stays inside its directory (sub-directories allowed, as in aria2).
+def _inside(key: str, value: str) -> str:
+    """A relative path that stays inside the directory it is relative to, normalised.
 
     Backslashes count as separators too, so a manifest written for Windows cannot
     climb out either.
     """
-    if not out:
-        raise InvalidInputError("out is empty")
-    if _CONTROL.search(out):
-        raise InvalidInputError(f"out {out!r} holds a control character")
-    path = out.replace("\\", "/")
+    if not value:
+        raise InvalidInputError(f"{key} is empty")
+    if _CONTROL.search(value):
+        raise InvalidInputError(f"{key} {value!r} holds a control character")
+    path = value.replace("\\", "/")
     if path.startswith("/") or re.match(r"^[A-Za-z]:", path):
-        raise InvalidInputError(f"out {out!r} is absolute: it must stay inside its directory")
+        raise InvalidInputError(f"{key} {value!r} is absolute: it must stay inside its directory")
     if ".." in path.split("/"):
-        raise InvalidInputError(f"out {out!r} leaves its directory")
-    normal = posixpath.normpath(path)
-    if normal in (".", "") or path.endswith("/"):
+        raise InvalidInputError(f"{key} {value!r} leaves its directory")
+    return posixpath.normpath(path)
+
+
+def check_out(out: str) -> str:
+    """An ``out`` name that stays inside its directory (sub-directories allowed, as in aria2)."""
+    normal = _inside("out", out)
+    if normal in (".", "") or out.replace("\\", "/").endswith("/"):
         raise InvalidInputError(f"out {out!r} names a directory, not a file")
     return normal
+
+
+def check_dir(directory: str) -> str:
+    """A ``dir`` that stays inside ``-d``: a manifest from elsewhere must not write anywhere it likes."""
+    return _inside("dir", directory)
 
 
 def _parse_option(key: str, value: str, entry: dict, seen: set[str]) -> None:
@@ -72,9 +82,7 @@ def _parse_option(key: str, value: str, entry: dict, seen: set[str]) -> None:
     if name == "out":
         entry["out"] = check_out(value)
     elif name == "dir":
-        if not value or _CONTROL.search(value):
-            raise InvalidInputError(f"invalid dir {value!r}")
-        entry["dir"] = value
+        entry["dir"] = check_dir(value)
     elif name == "checksum":
         entry["checksum"] = str(parse_checksum(value))
     elif name == "header":

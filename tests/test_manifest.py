@@ -143,3 +143,17 @@ def test_names_never_leave_their_directory(out: str) -> None:
     base = posixpath.join("/base", "dir")
     target = posixpath.normpath(posixpath.join(base, entry.out.replace("\\", "/")))
     assert target.startswith(base + "/")
+
+
+@pytest.mark.parametrize("directory, why", [
+    ("/etc", "is absolute"), ("C:\\\\Windows", "is absolute"), ("../up", "leaves its directory"),
+    ("a/../../up", "leaves its directory"), ("a\\\\..\\\\..\\\\up", "leaves its directory"), ("", "is empty"),
+])
+def test_dir_must_stay_inside_the_download_directory(directory: str, why: str) -> None:
+    found = problems(f"http://h/a\n  dir={directory}\n")
+    assert len(found) == 1 and found[0].startswith("m.txt:2:") and why in found[0], found
+
+
+def test_dir_is_normalised() -> None:
+    (entry,) = parse_manifest("http://h/a\n  dir=a/./b//c\n", "m.txt")
+    assert entry.dir == "a/b/c"
