@@ -121,6 +121,14 @@ def _retire() -> None:
     Transfer._others_running = lambda self: False  # type: ignore[method-assign]
 
 
+def _give_back() -> None:
+    from dlman.segments import SegmentPlan
+
+    def release_only(self, segment):  # type: ignore[no-untyped-def]
+        segment.busy = False
+    SegmentPlan.give_back = release_only
+
+
 def _credentials_origin() -> None:
     from dlman import mirrors
     mirrors.headers_for = lambda url, credentials_origin, headers: headers
@@ -244,6 +252,8 @@ CATALOGUE: tuple[Sabotage, ...] = (
              (E + "test_200_to_a_later_range_falls_back_to_one_stream",)),
     Sabotage("retire", "a connection that gives up hands its work to the others", _retire,
              (N + "test_a_connection_out_of_retries_hands_back_its_work",)),
+    Sabotage("give-back", "a refused takeover goes back to the connection still streaming its range",
+             _give_back, ("tests/test_presigned.py::test_running_connections_finish_after_the_url_expired",)),
     Sabotage("credentials-origin", "credential headers go only to their own origin", _credentials_origin,
              (N + "test_credentials_go_only_to_the_origin_they_were_given_for",)),
     Sabotage("pinning", "a redirect's final URL is pinned for the attempt", _pinning,
