@@ -36,8 +36,29 @@ log = logging.getLogger("dlman")
 DEFAULT_CONNECTIONS = 8
 DEFAULT_RETRIES = 5
 DEFAULT_TIMEOUT = 30.0
+NO_READ_TIMEOUT = 86400.0  # httpx.Timeout(read=None): the watchdog still ends a day-long stall
 DEFAULT_PER_HOST = 16
 USER_AGENT = "dlman/0.1.0"
+
+
+def _whole(value: object, name: str) -> int:
+    if type(value) is not int or value < 1:
+        raise InvalidInputError(f"{name} must be a whole number >= 1, got {value!r}")
+    return value
+
+
+def _check_timeout(timeout: object) -> httpx.Timeout:
+    """A number of seconds (connect and read) or an ``httpx.Timeout``; InvalidInputError otherwise."""
+    def seconds(value: object) -> bool:
+        return not isinstance(value, bool) and isinstance(value, (int, float)) and value > 0
+
+    if isinstance(timeout, httpx.Timeout):
+        parts = (timeout.connect, timeout.read, timeout.write, timeout.pool)
+        if all(part is None or seconds(part) for part in parts):
+            return timeout
+    elif seconds(timeout):
+        return httpx.Timeout(float(timeout), pool=None)  # type: ignore[arg-type]
+    raise InvalidInputError(f"timeout must be a positive number of seconds or an httpx.Timeout, got {timeout!r}")
 
 
 def _netrc_auth() -> httpx.Auth | None:
@@ -83,26 +104,28 @@ class Engine:
     """
 
     def __init__(self, *, connections: int = DEFAULT_CONNECTIONS, retries: int = DEFAULT_RETRIES,
-                 timeout: float = DEFAULT_TIMEOUT, headers: HeadersInput = None,
+                 timeout: float | httpx.Timeout = DEFAULT_TIMEOUT, headers: HeadersInput = None,
                  limit_rate: int | str | None = None, http2: bool = False, insecure: bool = False,
                  overwrite: bool = False, min_segment: int = DEFAULT_MIN_SEGMENT,
                  max_connections_per_host: int = DEFAULT_PER_HOST, save_interval: float = 1.0) -> None:
         self.connections = check_connections(connections)
         if type(retries) is not int or retries < 0:
             raise InvalidInputError(f"retries must be a whole number >= 0, got {retries!r}")
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-            raise InvalidInputError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        self.http_timeout = _check_timeout(timeout)
         self.retries = retries
-        self.timeout = float(timeout)
+        # The stall watchdog and the deadline for an answer's head: the read timeout.
+        self.timeout = self.http_timeout.read if self.http_timeout.read is not None else NO_READ_TIMEOUT
         self.headers = normalise_headers(headers)
         rate = parse_rate(limit_rate)
         self.limiter = RateLimiter(rate) if rate else None
         self.http2 = http2
         self.insecure = insecure
         self.overwrite = overwrite
-        self.min_segment = min_segment
-        self.max_per_host = max_connections_per_host
-        self.save_interval = save_interval
+        self.min_segment = _whole(min_segment, "min_segment")
+        self.max_per_host = _whole(max_connections_per_host, "max_connections_per_host")
+        if isinstance(save_interval, bool) or not isinstance(save_interval, (int, float)) or not save_interval > 0:
+            raise InvalidInputError(f"save_interval must be a positive number of seconds, got {save_interval!r}")
+        self.save_interval = float(save_interval)
         self._host_slots: dict[str, asyncio.Semaphore] = {}
         self._client: httpx.AsyncClient | None = None
         self._netrc: httpx.Auth | None = None
@@ -148,7 +171,7 @@ class Engine:
         return httpx.AsyncClient(
             http2=http2,
             verify=context,
-            timeout=httpx.Timeout(self.timeout, pool=None),
+            timeout=self.http_timeout,
             limits=limits,
             follow_redirects=True,
             max_redirects=20,

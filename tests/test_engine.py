@@ -579,3 +579,24 @@ def test_every_failure_is_a_download_error():
     for name in ("ChecksumError", "HTTPStatusError", "DestinationExistsError", "StorageError",
                  "NetworkError", "ProtocolError", "RemoteChangedError", "InvalidInputError"):
         assert issubclass(getattr(dlman, name), dlman.DownloadError)
+
+
+@pytest.mark.parametrize("options", [
+    {"retries": -1}, {"retries": 1.5}, {"timeout": 0}, {"timeout": -1}, {"timeout": "30"}, {"timeout": True},
+    {"timeout": __import__("httpx").Timeout(5, read=-1)}, {"connections": 0}, {"connections": 65},
+    {"limit_rate": "fast"}, {"min_segment": 0}, {"max_connections_per_host": 0}, {"save_interval": 0},
+    {"headers": ["no colon"]},
+])
+def test_bad_engine_options_are_invalid_input(options):
+    with pytest.raises(dlman.InvalidInputError):
+        dlman.Engine(**options)
+
+
+def test_an_httpx_timeout_is_accepted_and_its_read_timeout_is_the_stall_window(server, make_data, tmp_path):
+    import httpx
+    data = make_data(MiB)
+    server.add("/t", data)
+    engine = dlman.Engine(timeout=httpx.Timeout(10, connect=2, read=7))
+    assert engine.timeout == 7
+    fetch(server.url("/t"), tmp_path / "t", timeout=httpx.Timeout(10, connect=2, read=7))
+    assert (tmp_path / "t").read_bytes() == data

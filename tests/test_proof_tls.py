@@ -166,3 +166,19 @@ def test_python_api(tls_server, ca_pem, make_data, tmp_path, monkeypatch, capsys
     monkeypatch.setenv("SSL_CERT_FILE", str(ca_pem))
     trusted = dlman.download(url, tmp_path / "c.bin", timeout=5)
     assert trusted.path.read_bytes() == res.data
+
+
+def test_a_missing_ssl_cert_file_is_named_and_plain_http_still_works(tls_server, server, make_data, tmp_path,
+                                                                      env) -> None:
+    """curl's behaviour: a CA file that cannot be read breaks HTTPS, clearly, and nothing else."""
+    tls_server.add("/s.bin", make_data(SIZE))
+    server.add("/p.bin", make_data(SIZE, seed=1))
+    env["SSL_CERT_FILE"] = str(tmp_path / "no-such-ca.pem")
+    plain = dlman_cli(env, tmp_path, "add", "-d", str(tmp_path / "out"), server.url("/p.bin"))
+    assert plain.returncode == 0, plain.stderr
+    assert (tmp_path / "out" / "p.bin").read_bytes() == make_data(SIZE, seed=1)
+    secure = dlman_cli(env, tmp_path, "add", "-d", str(tmp_path / "out"), tls_server.url("/s.bin"))
+    assert secure.returncode == 1
+    assert f"SSL_CERT_FILE={tmp_path / 'no-such-ca.pem'}" in secure.stderr
+    assert "internal error" not in secure.stderr and "Traceback" not in secure.stderr
+    assert not (tmp_path / "out" / "s.bin").exists()
