@@ -11,13 +11,14 @@ import concurrent.futures
 import logging
 import os
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from dlman.checksum import parse_checksum
+from dlman.client import ClientOptions, check_client, make_client, netrc_auth, request_auth
 from dlman.errors import InvalidInputError
 from dlman.options import (
     HeadersInput,
@@ -38,7 +39,17 @@ DEFAULT_RETRIES = 5
 DEFAULT_TIMEOUT = 30.0
 NO_READ_TIMEOUT = 86400.0  # httpx.Timeout(read=None): the watchdog still ends a day-long stall
 DEFAULT_PER_HOST = 16
-USER_AGENT = "dlman/0.1.0"
+
+
+def _check_auth(auth: object) -> httpx.Auth | None:
+    """httpx's forms of ``auth``: an ``httpx.Auth``, a ``(user, password)`` tuple or a callable."""
+    if auth is None or isinstance(auth, httpx.Auth):
+        return auth
+    if isinstance(auth, tuple) and len(auth) == 2 and all(isinstance(x, (str, bytes)) for x in auth):
+        return httpx.BasicAuth(*auth)
+    if callable(auth):
+        return httpx.FunctionAuth(auth)
+    raise InvalidInputError(f"auth must be an httpx.Auth, a (user, password) tuple or a callable, got {auth!r}")
 
 
 def _whole(value: object, name: str) -> int:
@@ -61,41 +72,6 @@ def _check_timeout(timeout: object) -> httpx.Timeout:
     raise InvalidInputError(f"timeout must be a positive number of seconds or an httpx.Timeout, got {timeout!r}")
 
 
-def _netrc_auth() -> httpx.Auth | None:
-    """~/.netrc credentials, as curl -n and wget use them, when the file exists."""
-    path = os.environ.get("NETRC") or os.path.expanduser("~/.netrc")
-    if not os.path.isfile(path):
-        return None
-    try:
-        return httpx.NetRCAuth(path)
-    except Exception as exc:  # a malformed netrc must not stop downloads that don't need it
-        log.warning("ignoring %s: %s", path, exc)
-        return None
-
-
-def _ssl_context(insecure: bool) -> tuple[ssl.SSLContext, str | None]:
-    """The TLS context for every connection, and why it trusts nothing if the CAs would not load.
-
-    A bad ``SSL_CERT_FILE``/``SSL_CERT_DIR`` must not break plain HTTP (curl's
-    behaviour): the context then trusts no certificate at all, so HTTPS fails
-    (with the variable and its path named) and never falls back to other CAs.
-    """
-    if insecure:
-        return httpx.create_ssl_context(verify=False), None
-    try:
-        return httpx.create_ssl_context(verify=True, trust_env=True), None
-    except (OSError, ssl.SSLError) as exc:
-        name = "SSL_CERT_FILE" if os.environ.get("SSL_CERT_FILE") else "SSL_CERT_DIR"
-        why = getattr(exc, "strerror", None) or str(exc)
-        problem = f"cannot load CA certificates from {name}={os.environ.get(name, '')} ({why})"
-        return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), problem
-
-
-def _proxy_configured() -> bool:
-    return any(os.environ.get(name) for name in
-               ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"))
-
-
 class Engine:
     """Downloads files; ``async with Engine(...) as engine: await engine.download(url, dest)``.
 
@@ -107,7 +83,11 @@ class Engine:
                  timeout: float | httpx.Timeout = DEFAULT_TIMEOUT, headers: HeadersInput = None,
                  limit_rate: int | str | None = None, http2: bool = False, insecure: bool = False,
                  overwrite: bool = False, min_segment: int = DEFAULT_MIN_SEGMENT,
-                 max_connections_per_host: int = DEFAULT_PER_HOST, save_interval: float = 1.0) -> None:
+                 max_connections_per_host: int = DEFAULT_PER_HOST, save_interval: float = 1.0,
+                 auth: httpx._types.AuthTypes | None = None, client: httpx.AsyncClient | None = None,
+                 verify: bool | str | ssl.SSLContext = True, cert: httpx._types.CertTypes | None = None,
+                 proxy: httpx._types.ProxyTypes | None = None, cookies: httpx._types.CookieTypes | None = None,
+                 event_hooks: Mapping[str, list[Callable[..., Any]]] | None = None) -> None:
         self.connections = check_connections(connections)
         if type(retries) is not int or retries < 0:
             raise InvalidInputError(f"retries must be a whole number >= 0, got {retries!r}")
@@ -126,6 +106,14 @@ class Engine:
         if isinstance(save_interval, bool) or not isinstance(save_interval, (int, float)) or not save_interval > 0:
             raise InvalidInputError(f"save_interval must be a positive number of seconds, got {save_interval!r}")
         self.save_interval = float(save_interval)
+        self.auth = _check_auth(auth)
+        if client is not None:
+            check_client(client, {"verify": verify is not True, "cert": cert, "proxy": proxy, "cookies": cookies,
+                                  "event_hooks": event_hooks, "http2": http2, "insecure": insecure})
+        self._callers_client = client
+        self._options = ClientOptions(http2=http2, verify=False if insecure else verify, cert=cert, proxy=proxy,
+                                      cookies=cookies, event_hooks=dict(event_hooks or {}),
+                                      timeout=self.http_timeout)
         self._host_slots: dict[str, asyncio.Semaphore] = {}
         self._client: httpx.AsyncClient | None = None
         self._netrc: httpx.Auth | None = None
@@ -140,54 +128,23 @@ class Engine:
         return self._client
 
     async def __aenter__(self) -> "Engine":
-        self._client = self._make_client()
+        self._netrc = netrc_auth()
+        if self._callers_client is not None:
+            self._client = self._callers_client
+        else:
+            self._client, self.tls_problem = make_client(self._options)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        if self._client is not None:
+        if self._client is not None and self._client is not self._callers_client:
             await self._client.aclose()
-            self._client = None
+        self._client = None
 
-    def _make_client(self) -> httpx.AsyncClient:
-        limits = httpx.Limits(max_connections=None, max_keepalive_connections=64, keepalive_expiry=5.0)
-        context, self.tls_problem = _ssl_context(self.insecure)
-        if self.tls_problem:
-            log.warning("%s; HTTPS downloads will fail", self.tls_problem)
-        self._netrc = _netrc_auth()
-        options: dict[str, Any] = {}
-        http2 = self.http2
-        if _proxy_configured() and http2:
-            # Through a proxy httpx's own HTTP/2 connections are used, and they stall when a
-            # segment's stream is cut short: HTTP/1.1 over several connections is the safe path.
-            log.warning("a proxy is configured: using HTTP/1.1 instead of HTTP/2")
-            http2 = False
-        if not _proxy_configured():
-            try:
-                from dlman import transport
-            except ImportError:
-                transport = None  # type: ignore[assignment]
-            if transport is not None and transport.native_backend_available():
-                options["transport"] = transport.make_transport(verify=context, http2=http2, limits=limits)
-        return httpx.AsyncClient(
-            http2=http2,
-            verify=context,
-            timeout=self.http_timeout,
-            limits=limits,
-            follow_redirects=True,
-            max_redirects=20,
-            trust_env=True,
-            headers={"Accept-Encoding": "identity", "User-Agent": USER_AGENT},
-            **options,
-        )
-
-    def auth_for(self, request: httpx.Request) -> httpx.Auth | None:
-        """Credentials for one request, in curl's order: an explicit Authorization header, then the
-        URL's ``user:password``, then ``~/.netrc`` (None lets httpx use the URL's)."""
-        if "authorization" in request.headers:
-            return httpx.Auth()  # sends the request as it is
-        if request.url.username or request.url.password:
-            return None
-        return self._netrc or httpx.Auth()
+    def auth_for(self, request: httpx.Request, *, credentials: bool) -> Any:
+        """The auth for one request (see ``client.request_auth``)."""
+        client_auth = self._callers_client is not None and self._callers_client.auth is not None
+        return request_auth(request, credentials=credentials, auth=self.auth, client_auth=client_auth,
+                            netrc=self._netrc)
 
     async def acquire_host_slot(self, host: str) -> Callable[[], None]:
         """Wait for one of ``max_connections_per_host`` slots; returns its (idempotent) release."""

@@ -28,13 +28,18 @@ def origin(url: str) -> tuple[str, str, int | None]:
     return scheme, (parts.hostname or "").lower(), default if port is None else port
 
 
-def headers_for(url: str, credentials_origin: tuple[str, str, int | None], headers: Headers) -> Headers:
-    """``headers`` without the credential-bearing ones unless ``url`` is on ``credentials_origin``
-    (or is its HTTPS upgrade: the same host on the default ports, as httpx treats redirects)."""
+def allows_credentials(url: str, credentials_origin: tuple[str, str, int | None]) -> bool:
+    """Whether the user's credentials may go to ``url``: its origin is theirs, or is its HTTPS
+    upgrade (the same host on the default ports, as httpx treats redirects)."""
     here = origin(url)
     upgrade = (credentials_origin[0] == "http" and credentials_origin[2] == 80
                and here == ("https", credentials_origin[1], 443))
-    if here == credentials_origin or upgrade:
+    return here == credentials_origin or upgrade
+
+
+def headers_for(url: str, credentials_origin: tuple[str, str, int | None], headers: Headers) -> Headers:
+    """``headers`` without the credential-bearing ones unless ``url`` may have the user's credentials."""
+    if allows_credentials(url, credentials_origin):
         return headers
     return [(name, value) for name, value in headers if not is_secret_header(name)]
 
@@ -79,6 +84,10 @@ class Mirrors:
     def headers(self, url: str) -> Headers:
         """The user's headers that may be sent to ``url``."""
         return headers_for(url, self.credentials_origin, self.user_headers)
+
+    def credentials(self, url: str) -> bool:
+        """Whether ``url`` may be sent the user's credentials (headers, auth, URL user:password)."""
+        return allows_credentials(url, self.credentials_origin)
 
     def drop(self, mirror: Mirror, failure: Exception) -> None:
         mirror.dead = True

@@ -40,7 +40,8 @@ from dlman.errors import (
 )
 from dlman.mirrors import Mirror, Mirrors
 from dlman.naming import choose_name, contained
-from dlman.options import Headers, mask_url
+from dlman.client import MAX_REDIRECTS
+from dlman.options import Headers, is_secret_header, mask_url
 from dlman.overlap import OVERLAP_BYTES, PROBE_BYTES, overlap_before, probe_range
 from dlman.receiver import Mismatch, Receiver, Stalled
 from dlman.remote import (
@@ -745,44 +746,69 @@ class Transfer:
         await asyncio.sleep(delay)
 
     # -- requests ------------------------------------------------------------------
-    async def _send(self, mirror: Mirror, url: str, headers: dict[str, str]) -> httpx.Response:
-        """Send one GET (streamed); the host's connection slot is held until the response closes.
-
-        Raises ``_Retry`` for what may pass and ``_MirrorGone`` for what will not.
+    async def _send(self, mirror: Mirror, url: str, extra: dict[str, str]) -> httpx.Response:
+        """Send one GET (streamed), following redirects here, at most 20, so that each hop carries
+        only the credentials its origin may have. The final host's connection slot is held until
+        the response closes. Raises ``_Retry`` for what may pass and ``_MirrorGone`` for what will not.
         """
-        client = self.engine.client
-        if self.engine.tls_problem and url[:6].lower() == "https:":
-            raise _MirrorGone(NetworkError(f"{mask_url(url)}: {self.engine.tls_problem}", url=url))
-        request = client.build_request("GET", url, headers=self._headers(url, headers))
-        log.info("GET %s %s", mask_url(url), headers.get("Range", ""))
-        release = await self.engine.acquire_host_slot(request.url.host)
-        try:
-            # httpx's read timeout is per read: a server trickling its headers would never
-            # trip it, so the whole answer head (connect included) gets one deadline.
-            response = await asyncio.wait_for(
-                client.send(request, stream=True, auth=self.engine.auth_for(request)), self.engine.timeout)
-        except asyncio.TimeoutError:
+        engine = self.engine
+        loop = asyncio.get_running_loop()
+        # httpx's read timeout is per read: a server trickling its headers would never trip it,
+        # so the whole answer head (connects and redirects included) gets one deadline.
+        deadline = loop.time() + engine.timeout
+        for hop in range(MAX_REDIRECTS + 1):
+            if engine.tls_problem and url[:6].lower() == "https:":
+                raise _MirrorGone(NetworkError(f"{mask_url(url)}: {engine.tls_problem}", url=url))
+            request, credentials = self._request(url, extra)
+            log.info("GET %s %s", mask_url(url), extra.get("Range", ""))
+            release = await engine.acquire_host_slot(request.url.host)
+            try:
+                response = await asyncio.wait_for(
+                    engine.client.send(request, stream=True, auth=engine.auth_for(request, credentials=credentials),
+                                       follow_redirects=False),
+                    max(0.0, deadline - loop.time()))
+            except asyncio.TimeoutError:
+                release()
+                raise _Retry(f"no response within {engine.timeout:g}s") from None
+            except httpx.UnsupportedProtocol as exc:
+                release()
+                raise _MirrorGone(DownloadError(f"{mask_url(url)}: {exc}", url=url)) from None
+            except httpx.TransportError as exc:
+                release()
+                if _certificate_problem(exc):
+                    why = engine.tls_problem or (f"TLS certificate verification failed ({exc}); "
+                                                 "pass --insecure to skip verification")
+                    raise _MirrorGone(NetworkError(f"{mask_url(url)}: {why}", url=url)) from None
+                raise _Retry(f"{type(exc).__name__}: {exc}") from None
+            except BaseException:
+                release()
+                raise
+            if not response.is_redirect:
+                response.stream = _ReleasingStream(response.stream, release)  # type: ignore[arg-type]
+                return response
+            await response.aclose()
             release()
-            raise _Retry(f"no response within {self.engine.timeout:g}s") from None
-        except httpx.TooManyRedirects:
-            release()
-            raise _MirrorGone(NetworkError(f"{mask_url(url)}: too many redirects (more than 20)",
-                                           url=url)) from None
-        except httpx.UnsupportedProtocol as exc:
-            release()
-            raise _MirrorGone(DownloadError(f"{mask_url(url)}: {exc}", url=url)) from None
-        except httpx.TransportError as exc:
-            release()
-            if _certificate_problem(exc):
-                why = self.engine.tls_problem or (f"TLS certificate verification failed ({exc}); "
-                                                  "pass --insecure to skip verification")
-                raise _MirrorGone(NetworkError(f"{mask_url(url)}: {why}", url=url)) from None
-            raise _Retry(f"{type(exc).__name__}: {exc}") from None
-        except BaseException:
-            release()
-            raise
-        response.stream = _ReleasingStream(response.stream, release)  # type: ignore[arg-type]
-        return response
+            try:
+                url = str(request.url.join(response.headers["location"]))
+            except (httpx.InvalidURL, UnicodeError) as exc:
+                raise _MirrorGone(ProtocolError(f"{mask_url(url)}: a redirect to an invalid URL ({exc})",
+                                                url=url)) from None
+        raise _MirrorGone(NetworkError(f"{mask_url(mirror.url)}: too many redirects (more than "
+                                       f"{MAX_REDIRECTS})", url=mirror.url))
+
+    def _request(self, url: str, extra: dict[str, str]) -> tuple[httpx.Request, bool]:
+        """The request for ``url``, and whether it may carry the user's credentials.
+
+        On another origin than the first URL's, every credential-bearing header goes,
+        the client's own defaults included; cookies from a cookie jar stay, since the jar
+        matches them to their domains.
+        """
+        credentials = self.mirrors.credentials(url)
+        request = self.engine.client.build_request("GET", url, headers=self._headers(url, extra))
+        if not credentials:
+            for name in [n for n in request.headers if is_secret_header(n) and n.lower() != "cookie"]:
+                del request.headers[name]
+        return request, credentials
 
     def _headers(self, url: str, extra: dict[str, str]) -> httpx.Headers:
         """The user's headers that may go to ``url``, then dlman's own, then identity (SPEC rule 1)."""
