@@ -107,6 +107,12 @@ class Engine:
             raise InvalidInputError(f"save_interval must be a positive number of seconds, got {save_interval!r}")
         self.save_interval = float(save_interval)
         self.auth = _check_auth(auth)
+        if isinstance(cookies, (dict, list)):
+            # Name-value pairs say nothing of their domain: they go as a Cookie header, which
+            # goes only where the user's credentials may go. A jar keeps its own domains.
+            pairs = cookies.items() if isinstance(cookies, dict) else cookies
+            self.headers.append(("Cookie", "; ".join(f"{name}={value}" for name, value in pairs)))
+            cookies = None
         if client is not None:
             check_client(client, {"verify": verify is not True, "cert": cert, "proxy": proxy, "cookies": cookies,
                                   "event_hooks": event_hooks, "http2": http2, "insecure": insecure})

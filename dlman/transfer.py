@@ -21,7 +21,7 @@ import os
 import random
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -579,7 +579,7 @@ class Transfer:
         self.receivers.add(receiver)
         self.active += 1
         try:
-            return await receiver.receive(response.aiter_raw(), verdict.end, expect)
+            return await receiver.receive(_body(response), verdict.end, expect)
         except httpx.TransportError as exc:
             raise _Retry(f"connection lost after {segment.pos - before} bytes: {exc!r}") from None
         except Stalled as exc:
@@ -932,12 +932,25 @@ async def _wait_all(tasks: list[asyncio.Task[None]], saver: asyncio.Task[None]) 
                 raise task.exception()  # type: ignore[misc]
 
 
+def _body(response: httpx.Response) -> AsyncIterator[bytes]:
+    """The body as served. A response read already (an ``httpx.MockTransport`` answer built with
+    ``content=``) has only its content left to give."""
+    if response.is_stream_consumed:
+        return _once(response.content)
+    return response.aiter_raw()
+
+
+async def _once(content: bytes) -> AsyncIterator[bytes]:
+    if content:
+        yield content
+
+
 async def _detail(response: httpx.Response, timeout: float) -> str | None:
     """The server's own words in a short error body (S3: ``Request has expired``)."""
     body = bytearray()
 
     async def read() -> None:
-        async for chunk in response.aiter_raw():
+        async for chunk in _body(response):
             body.extend(chunk)
             if len(body) >= REASON_BYTES:
                 return

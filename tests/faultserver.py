@@ -123,6 +123,8 @@ class Resource:
     overlong_206: int | None = None  # junk bytes appended after a 206 body (Content-Length counts them)
     overlong_206_close: bool = False  # ...sent without Content-Length, the body ending at close
     connection_limit: int | None = None  # 503 to requests beyond this many at once
+    # Called with each request first: (status, headers, body) answers it, None serves as usual.
+    respond: Callable[[Any], tuple[int, dict[str, str], bytes] | None] | None = None
     headers: dict[str, str] = field(default_factory=dict)
     response_delay: float = 0.0
     content_type: str = "application/octet-stream"
@@ -642,6 +644,11 @@ class FaultServer:
 
     async def _plan(self, req: _Request, res: Resource) -> _Plan:
         """Decide status, headers, body and faults for one request to ``res``."""
+        if res.respond is not None:
+            answer = res.respond(req)
+            if answer is not None:
+                status, extra, body = answer
+                return _Plan(status, [*extra.items(), ("Content-Length", str(len(body)))], body)
         if req.method not in ("GET", "HEAD"):
             return self._simple_plan(405, {"Allow": "GET, HEAD"}, res)
         if res.statuses:
