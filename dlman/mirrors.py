@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from dlman.options import Headers, is_secret_header
+from dlman.options import Headers, is_credential_header
 
 
 def origin(url: str) -> tuple[str, str, int | None]:
@@ -41,7 +41,7 @@ def headers_for(url: str, credentials_origin: tuple[str, str, int | None], heade
     """``headers`` without the credential-bearing ones unless ``url`` may have the user's credentials."""
     if allows_credentials(url, credentials_origin):
         return headers
-    return [(name, value) for name, value in headers if not is_secret_header(name)]
+    return [(name, value) for name, value in headers if not is_credential_header(name)]
 
 
 @dataclass(eq=False)

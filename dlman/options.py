@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from dlman.errors import InvalidInputError
 
@@ -71,42 +71,138 @@ def normalise_headers(headers: HeadersInput) -> Headers:
     return pairs
 
 
-_SECRET_HEADERS = {"authorization", "proxy-authorization", "cookie", "x-api-key", "api-key"}
+# -- what is secret ----------------------------------------------------------------------------------
+# Masking keeps names and replaces values, so a listing still says which URL or header it is.
+
+SECRET_WORDS = ("token", "secret", "passw", "signature", "credential")
+"""Any header or parameter whose name says it carries one of these (X-Upload-Token, client_secret)."""
+
+_SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "x-api-key", "api-key"})
+"""Headers that carry credentials under a name that does not say so."""
+
+AWS_PRESIGNED = frozenset({"x-amz-signature", "x-amz-credential", "x-amz-security-token",
+                           "awsaccesskeyid", "signature"})
+"""S3 presigned URLs: SigV4 puts the signature, the access key id and, for temporary credentials, the
+session token itself in the query; the older SigV2 uses AWSAccessKeyId and Signature."""
+
+GOOGLE_SIGNED = frozenset({"x-goog-signature", "x-goog-credential", "googleaccessid"})
+"""Cloud Storage signed URLs: V4 mirrors AWS under X-Goog-*, V2 uses GoogleAccessId and Signature."""
+
+CLOUDFRONT_SIGNED = frozenset({"signature", "policy", "key-pair-id"})
+"""CloudFront signed URLs: a custom Policy is the grant that Signature seals, Key-Pair-Id names the key."""
+
+AZURE_SAS = frozenset({"sig"})
+"""Azure shared access signatures: sig is the HMAC (sv, se, sp only describe the grant and stay readable);
+other services use sig= for the same purpose."""
+
+BEARER_TOKENS = frozenset({"token", "access_token", "refresh_token", "id_token", "auth", "jwt"})
+"""OAuth 2 access tokens in the query (RFC 6750 section 2.3) and the services that take a bearer token or
+an auth string as a parameter: whoever holds one acts as the user."""
+
+API_KEYS = frozenset({"key", "api_key", "apikey", "api-key", "x-api-key", "access_key", "accesskey",
+                      "subscription-key"})
+"""API keys (Google APIs take key=, others api_key or apikey): whoever holds one is billed as its owner."""
+
+PASSWORDS = frozenset({"password", "passwd", "pass", "pwd", "secret", "client_secret"})
+"""Passwords and client secrets that some servers accept as parameters."""
+
+CREDENTIAL_PARAMETERS = (AWS_PRESIGNED | GOOGLE_SIGNED | CLOUDFRONT_SIGNED | AZURE_SAS | BEARER_TOKENS
+                         | API_KEYS | PASSWORDS)
+"""Query (and fragment) parameter names, lower case, whose values are masked wherever a URL is shown."""
+
+MASK = "***"
 
 
-def is_secret_header(name: str) -> bool:
+def _says_secret(name: str) -> bool:
+    return any(word in name for word in SECRET_WORDS)
+
+
+def is_credential_header(name: str) -> bool:
     """Whether a header carries credentials: masked when shown, sent only to its own origin."""
-    lowered = name.strip().lower()
-    return lowered in _SECRET_HEADERS or "token" in lowered or "secret" in lowered
+    name = name.strip().lower()
+    return name in _SECRET_HEADERS or _says_secret(name)
+
+
+def is_credential_parameter(name: str) -> bool:
+    """Whether a URL parameter's value must not be shown: case-insensitive, percent-encoding decoded."""
+    name = unquote(name).strip().lower()
+    return name in CREDENTIAL_PARAMETERS or _says_secret(name)
 
 
 def mask_header(text: str) -> str:
     """A header line safe to print: values of credential-bearing headers become ``***``."""
     name, sep, _value = text.partition(":")
     if not sep:
-        return "***"
-    if is_secret_header(name):
-        return f"{name.strip()}: ***"
+        return MASK
+    if is_credential_header(name):
+        return f"{name.strip()}: {MASK}"
     return text
 
 
-def mask_url(url: str) -> str:
-    """The URL with any ``user:password@`` part replaced, for messages and listings."""
+# A parameter starts after the "?", "&" or "#" before its name; its value runs to the next "&" or "#",
+# which is how servers split a query (a "?" or "=" inside a value belongs to the value). A name stops at
+# a "?" too, which keeps the scan linear; a name that held one is judged by the part after it.
+_PARAMETER = re.compile(r"([?&#])([^&#=?]*)=([^&#]+)")
+
+
+def _mask_parameters(url: str) -> str:
+    def mask(match: re.Match[str]) -> str:
+        lead, name, _value = match.groups()
+        return f"{lead}{name}={MASK}" if is_credential_parameter(name) else match.group()
+
+    starts = [i for i in (url.find("?"), url.find("#")) if i >= 0]
+    if not starts:
+        return url
+    start = min(starts)
+    return url[:start] + _PARAMETER.sub(mask, url[start:])
+
+
+def _mask_userinfo(url: str) -> str:
+    """``user:password@`` becomes ``***@``; the authority is taken to end at the first "/" only, so a
+    password holding a raw "?" or "#" is still hidden."""
     scheme, sep, rest = url.partition("://")
     if not sep:
         return url
     authority, slash, path = rest.partition("/")
     if "@" not in authority:
         return url
-    return f"{scheme}://***@{authority.rsplit('@', 1)[1]}{slash}{path}"
+    return f"{scheme}://{MASK}@{authority.rsplit('@', 1)[1]}{slash}{path}"
 
 
-_CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
+_ROUNDS = 8
+
+
+def mask_url(url: str) -> str:
+    """The URL safe to show: ``user:password@`` and the values of credential parameters become ``***``.
+
+    Masking a value can remove the "/" that ended the authority (a raw "/" in a signature), and masking
+    a "userinfo" can lay bare a query: repeat until nothing changes, so masking twice is masking once.
+    Real URLs settle in two rounds; text built to need more is masked whole rather than worked through.
+    """
+    for _ in range(_ROUNDS):
+        masked = _mask_userinfo(_mask_parameters(url))
+        if masked == url:
+            return masked
+        url = masked
+    return MASK
+
+
+_WORD = re.compile(r"\S+")
+_CLOSING = ".,:;!?)]}>'\""  # punctuation that ends a sentence or a quotation, not the URL before it
 
 
 def redact(text: str) -> str:
-    """Free text (an error message, a log line) with any ``user:password@`` in URLs masked."""
-    return _CREDENTIALS.sub("***@", text)
+    """Free text (an error message, a log line) with every URL in it masked as by :func:`mask_url`.
+
+    A URL ends at white space; trailing punctuation (``http://h/f?sig=x: not found``) is left out of it.
+    Relative references (``/f?token=x``) are masked too, as a redirect's Location may be one.
+    """
+    def mask(match: re.Match[str]) -> str:
+        word = match.group()
+        body = word.rstrip(_CLOSING)
+        return mask_url(body) + word[len(body):]
+
+    return _WORD.sub(mask, text)
 
 
 def check_url(url: str) -> str:

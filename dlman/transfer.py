@@ -41,7 +41,7 @@ from dlman.errors import (
 from dlman.mirrors import Mirror, Mirrors
 from dlman.naming import choose_name, contained
 from dlman.client import MAX_REDIRECTS
-from dlman.options import Headers, is_secret_header, mask_url
+from dlman.options import Headers, is_credential_header, mask_url
 from dlman.overlap import OVERLAP_BYTES, PROBE_BYTES, overlap_before, probe_range
 from dlman.receiver import Mismatch, Receiver, Stalled
 from dlman.remote import (
@@ -806,7 +806,7 @@ class Transfer:
         credentials = self.mirrors.credentials(url)
         request = self.engine.client.build_request("GET", url, headers=self._headers(url, extra))
         if not credentials:
-            for name in [n for n in request.headers if is_secret_header(n) and n.lower() != "cookie"]:
+            for name in [n for n in request.headers if is_credential_header(n) and n.lower() != "cookie"]:
                 del request.headers[name]
         return request, credentials
 

@@ -189,3 +189,26 @@ def test_bar_display_draws_a_bar_per_job_and_a_total(tmp_path: Path) -> None:
     display.ended(Outcome(1, "done", "http://h/1", path=str(tmp_path / "1"), size=1024))
     display.close()
     assert "done " in stream.getvalue() and "total" in stream.getvalue()
+
+
+def test_log_lines_and_tracebacks_are_redacted() -> None:
+    from dlman.progress import setup_logging
+
+    stream = io.StringIO()
+    logger = logging.getLogger("dlman")
+    level, handlers = logger.level, list(logger.handlers)
+    try:
+        setup_logging(verbose=1, stream=stream)
+        url = "https://b.s3.amazonaws.com/k?X-Amz-Credential=AKIAKEY&X-Amz-Signature=f00d"
+        logger.info("GET %s", url)
+        try:
+            raise RuntimeError(f"{url}: boom")
+        except RuntimeError:
+            logger.error("job 1: unexpected error", exc_info=True)
+    finally:
+        logger.setLevel(level)
+        logger.handlers[:] = handlers
+    output = stream.getvalue()
+    assert "GET https://b.s3.amazonaws.com/k?X-Amz-Credential=***&X-Amz-Signature=***" in output
+    assert "Traceback" in output and "RuntimeError: https://b.s3.amazonaws.com/k?X-Amz-Credential=***" in output
+    assert "AKIAKEY" not in output and "f00d" not in output, output

@@ -5,29 +5,29 @@ printed: not by ``dlman list`` (plain, ``-v``, ``--json``), not in the logs of `
 ``-v`` and ``-vv``, not in error messages (404, 503 with ``--retries 0``, usage errors), not in the
 per-job lines or the progress bars on a terminal. Yet the server must receive them (the job works).
 The queue, which does hold them, is readable by its owner only, whatever the umask.
+
+The same holds for credentials carried in the query string (presigned S3, CloudFront, Cloud Storage and
+Azure SAS URLs, tokens and API keys): their values are shown as ``***``, their names stay readable, in
+listings, logs, errors and the resume state file.
 """
 
 from __future__ import annotations
 
 import base64
-import fcntl
 import json
 import os
-import pty
-import select
 import signal
 import sqlite3
 import stat
-import struct
 import subprocess
 import sys
-import termios
-import time
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
 
 from helpers import wait_for
+from test_terminal import run_in_terminal
 
 SECRET = "s3cr3t"
 BASIC = base64.b64encode(f"user:{SECRET}".encode()).decode()  # what the server gets for user:s3cr3t@
@@ -60,9 +60,9 @@ class Shell:
         self.outputs.append((args, result.stdout + result.stderr))
         return result
 
-    def leaks(self) -> list[str]:
+    def leaks(self, forms: tuple[str, ...] = FORMS) -> list[str]:
         return [f"{' '.join(args)!r}: {line}" for args, text in self.outputs for line in text.splitlines()
-                if any(form in line for form in FORMS)]
+                if any(form in line for form in forms)]
 
 
 def with_credentials(url: str) -> str:
@@ -150,35 +150,6 @@ def test_usage_errors_do_not_echo_secrets(tmp_path, env) -> None:
     assert dlman.leaks() == []
 
 
-def run_in_terminal(argv: list[str], env: dict[str, str], cwd: Path, timeout: float = 30) -> tuple[int, str]:
-    """Run with stdin/stdout/stderr on a pseudo-terminal (so dlman draws bars); returns (status, output)."""
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # 120 columns, as a terminal
-    process = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, env=env, cwd=cwd, close_fds=True)
-    os.close(slave)
-    chunks, deadline = [], time.monotonic() + timeout
-    try:
-        while True:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{argv} did not end within {timeout}s: {b''.join(chunks)[-2000:]!r}")
-            ready, _, _ = select.select([master], [], [], 0.1)
-            if not ready:
-                continue
-            try:
-                data = os.read(master, 65536)
-            except OSError:  # EIO: every writer of the terminal has closed it
-                break
-            if not data:
-                break
-            chunks.append(data)
-        return process.wait(10), b"".join(chunks).decode("utf-8", "replace")
-    finally:
-        os.close(master)
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-
-
 def test_progress_bars_on_a_terminal_hide_secrets(server, make_data, tmp_path, env) -> None:
     a = server.add("/a.bin", make_data(600_000, seed=3), throttle=400_000)
     b = server.add("/b.bin", make_data(600_000, seed=4), throttle=400_000)
@@ -186,7 +157,7 @@ def test_progress_bars_on_a_terminal_hide_secrets(server, make_data, tmp_path, e
     shell = Shell(env, tmp_path)
     status, output = run_in_terminal(
         shell.argv("add", *HEADERS, "-c", "1", with_credentials(server.url("/a.bin")), server.url("/b.bin"),
-                   "-d", "out"), env, tmp_path)
+                   "-d", "out"), env, tmp_path, rows=40, cols=120)
     assert status == 0, output
     assert (tmp_path / "out" / "a.bin").read_bytes() == a.data and (tmp_path / "out" / "b.bin").read_bytes() == b.data
     # tqdm drew a bar per file and the total bar, named after the file, never after the URL.
@@ -285,3 +256,106 @@ def test_resume_state_does_not_expose_url_credentials(server, make_data, tmp_pat
             process.wait()
     text = state.read_text()
     assert SECRET not in text or mode(state) & 0o077 == 0, (oct(mode(state)), text)
+
+
+# -- credentials in the query string ----------------------------------------------------------------
+
+# (name, value, secret) as the services write them; percent-encoded where they are.
+S3_PRESIGNED = [
+    ("X-Amz-Algorithm", "AWS4-HMAC-SHA256", False),
+    ("X-Amz-Credential", "AKIAIOSFODNN7EXAMPLE%2F20250101%2Fus-east-1%2Fs3%2Faws4_request", True),
+    ("X-Amz-Date", "20250101T000000Z", False),
+    ("X-Amz-Expires", "3600", False),
+    ("X-Amz-Security-Token", "IQoJb3JpZ2luX2VjEPr%2F%2F%2F%2F%2FwEaCXVzLWVhc3QtMSJHMEUCIQD", True),
+    ("X-Amz-SignedHeaders", "host", False),
+    ("X-Amz-Signature", "5d672d79c15b13162d9279b0855cfba6789a8edb4c82c400e06b5924a6f2b5d7", True),
+]
+OTHER_SIGNED = [
+    ("Policy", "eyJTdGF0ZW1lbnQiOlt7IlJlc291cmNlIjoiaHR0cCJ9XX0_", True),  # CloudFront
+    ("Signature", "Nql641NHEUkUaXQHZINK1FZ~SYeUSoBJMxjdgqrzIdzV2gyEXPDNv0pYdWJkflDKJ3xIu7l", True),
+    ("Key-Pair-Id", "K2JCJMDEHXQW5F", True),
+    ("X%2DGoog%2DSignature", "8f3c0d1e2b4a69587c6d5e4f3a2b1c0d9e8f7a6b", True),  # Cloud Storage, encoded name
+    ("x-goog-credential", "svc%40project.iam.gserviceaccount.com%2F20250101", True),
+    ("sv", "2022-11-02", False),  # Azure SAS: only sig is secret
+    ("se", "2025-01-02T00%3A00%3A00Z", False),
+    ("sig", "Zm9vYmFyYmF6cXV4%2BcXV1eA%3D%3D", True),
+    ("ACCESS_TOKEN", "ya29.a0AfH6SMBxTOKENxyz", True),
+    ("api_key", "AIzaSyA-EXAMPLE-KEY-1234", True),
+    ("versionId", "3HL4kqtJlcpXroDTDmJ", False),
+]
+QUERY_SECRETS = tuple(value for _, value, secret in S3_PRESIGNED + OTHER_SIGNED if secret)
+QUERY_FORMS = QUERY_SECRETS + tuple(unquote(value) for value in QUERY_SECRETS)
+
+
+def signed(url: str, params: list[tuple[str, str, bool]]) -> str:
+    return url + "?" + "&".join(f"{name}={value}" for name, value, _ in params)
+
+
+def assert_masked(url: str, params: list[tuple[str, str, bool]]) -> None:
+    """Every parameter is still there by name; secret values are ``***``, the others as given."""
+    query = url.partition("?")[2]
+    assert query == "&".join(f"{name}={'***' if secret else value}" for name, value, secret in params), url
+
+
+def test_query_string_credentials_reach_the_server_and_are_never_printed(server, make_data, tmp_path, env) -> None:
+    s3 = server.add("/bucket/s3.iso", make_data(SIZE, seed=21))
+    cdn = server.add("/dist/cdn.iso", make_data(SIZE, seed=22))
+    moved = server.add("/bucket/moved.iso", make_data(SIZE, seed=23))
+    server.add("/api/get", redirect_to=signed(server.url("/bucket/moved.iso"), S3_PRESIGNED))
+    server.add("/busy.iso", status=503)
+    big = server.add("/bucket/big.iso", make_data(600_000, seed=24), throttle=100_000)
+    dlman = Shell(env, tmp_path)
+
+    done = dlman("-vv", "add", signed(server.url("/bucket/s3.iso"), S3_PRESIGNED), "-d", "out")
+    assert done.returncode == 0, done.stderr
+    assert "HTTP Request: GET" in done.stderr and "X-Amz-Signature=***" in done.stderr  # httpx's own lines
+    assert dlman("-v", "add", signed(server.url("/dist/cdn.iso"), OTHER_SIGNED), "-d", "out").returncode == 0
+    redirected = dlman("-vv", "add", server.url("/api/get"), "-d", "out")
+    assert redirected.returncode == 0 and "X-Amz-Signature=***" in redirected.stderr, redirected.stderr
+    for res, name, params in ((s3, "s3.iso", S3_PRESIGNED), (cdn, "cdn.iso", OTHER_SIGNED),
+                              (moved, "get", S3_PRESIGNED)):  # named after the URL given
+        assert (tmp_path / "out" / name).read_bytes() == res.data
+        assert res.requests and all(record.path == signed(res.path, params) for record in res.requests), \
+            [record.path for record in res.requests]
+
+    missing = dlman("add", signed(server.url("/bucket/missing.iso"), S3_PRESIGNED), "-d", "out")
+    assert missing.returncode == 1
+    [line] = missing.stderr.splitlines()
+    assert line.startswith("failed ") and line.endswith("not found (HTTP 404)"), line
+    assert_masked(line.split()[1].rstrip(":"), S3_PRESIGNED)
+    busy = dlman("-v", "add", "--retries", "0", signed(server.url("/busy.iso"), OTHER_SIGNED), "-d", "out")
+    assert busy.returncode == 1 and "503" in busy.stderr, busy.stderr
+
+    # Interrupted: the resume state names the URL without its credentials, and still serves the resume.
+    process = subprocess.Popen(dlman.argv("add", "-c", "1", signed(server.url("/bucket/big.iso"), S3_PRESIGNED),
+                                          "-d", "out"), env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    state = tmp_path / "out" / "big.iso.part.state"
+    try:
+        wait_for(lambda: state.exists() and big.bytes_served > 200_000, timeout=20, what="a saved resume state")
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    dlman.outputs.append((("add", "interrupted"), stdout + stderr))
+    assert process.returncode == 130, stderr
+    saved = json.loads(state.read_text())
+    dlman.outputs.append((("cat", state.name), state.read_text()))
+    assert_masked(saved["url"], S3_PRESIGNED)
+    big.throttle = None
+    resumed = dlman("-v", "run")
+    assert resumed.returncode == 0, resumed.stderr
+    assert (tmp_path / "out" / "big.iso").read_bytes() == big.data
+    assert big.requests[-1].range not in (None, "bytes=0-"), [r.range for r in big.requests]  # not started over
+
+    for args in (["list"], ["ls", "--json"], ["-v", "list"], ["-vv", "list", "--json"], ["list", "--state", "failed"]):
+        assert dlman(*args).returncode == 0
+    listing = json.loads(dlman("list", "--json").stdout)
+    assert [job["state"] for job in listing] == ["done", "done", "done", "failed", "failed", "done"]
+    for job, params in zip(listing, [S3_PRESIGNED, OTHER_SIGNED, None, S3_PRESIGNED, OTHER_SIGNED, S3_PRESIGNED]):
+        if params:
+            assert_masked(job["url"], params)
+    assert all("***" in job["error"] for job in listing if job["state"] == "failed")
+    assert dlman.leaks(QUERY_FORMS) == []
