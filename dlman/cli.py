@@ -89,7 +89,7 @@ class _Group(click.Group):
         except Exception as error:  # noqa: BLE001 - the last line of defence before the user
             settings = ctx.find_object(Settings)
             if settings is not None and settings.verbose:
-                traceback.print_exc()
+                sys.stderr.write(redact(traceback.format_exc()))
             raise Failure(f"error: {redact(str(error)) or type(error).__name__}", EXIT_FAILED) from None
 
 

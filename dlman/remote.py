@@ -261,8 +261,9 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
 REASON_BYTES = 4096  # read at most this much of an error body
 
 
-def reason_from_body(content_type: str | None, body: bytes) -> str | None:
-    """The server's own short explanation in an error body (S3's XML, a JSON message, plain text)."""
+def reason_from_body(content_type: str | None, body: bytes, status: int = 0, phrase: str = "") -> str | None:
+    """The server's own short explanation in an error body (S3's XML, a JSON message, plain text);
+    None when it only repeats the status line."""
     kind = (content_type or "").split(";")[0].strip().lower()
     text: str | None = None
     if b"<Message>" in body:
@@ -283,6 +284,8 @@ def reason_from_body(content_type: str | None, body: bytes) -> str | None:
     if not text:
         return None
     text = " ".join(_CONTROL.sub(" ", text).split())
+    if text.lower().strip(".") in {f"{status} {phrase}".lower(), phrase.lower(), str(status)}:
+        return None
     return text[:200] or None
 
 

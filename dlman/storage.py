@@ -276,6 +276,7 @@ class PartFile:
         self.state_file = state_path(dest)
         self._fd: int | None = None
         self._created = False
+        self._saving = asyncio.Lock()  # one state write at a time: they share the temp file
 
     @property
     def locked(self) -> bool:
@@ -327,11 +328,12 @@ class PartFile:
     async def save_state(self, state: ResumeState) -> None:
         """Flush the data, then atomically replace the state (the crash-safe order)."""
         assert self._fd is not None
-        try:
-            await _fsync(self._fd)
-            await _save_state(self.state_file, state.encode())
-        except OSError as exc:
-            raise storage_error(exc, self.state_file) from None
+        async with self._saving:
+            try:
+                await _fsync(self._fd)
+                await _save_state(self.state_file, state.encode())
+            except OSError as exc:
+                raise storage_error(exc, self.state_file) from None
 
     # -- data --------------------------------------------------------------------
     async def truncate(self) -> None:

@@ -959,7 +959,8 @@ async def _detail(response: httpx.Response, timeout: float) -> str | None:
         await asyncio.wait_for(read(), timeout)
     except (httpx.HTTPError, asyncio.TimeoutError, httpx.StreamError):
         pass
-    return reason_from_body(response.headers.get("content-type"), bytes(body[:REASON_BYTES]))
+    return reason_from_body(response.headers.get("content-type"), bytes(body[:REASON_BYTES]),
+                            response.status_code, response.reason_phrase)
 
 
 def _certificate_problem(exc: Exception) -> bool:
