@@ -326,3 +326,33 @@ def test_split_cuts_the_given_segment_in_half_and_respects_the_minimum():
     assert tail is not None and (first.end, tail.start, tail.end) == (60, 60, 100) and not tail.busy
     small = SegmentPlan(30, min_segment=20)
     assert small.split(small.segments[0]) is None and small.missing() == [(0, 30)]
+
+
+def test_a_refused_takeover_goes_back_to_the_segment_it_was_cut_from():
+    plan = SegmentPlan(4 << 20, min_segment=1 << 20)
+    head = plan.next_work()
+    head.reach = 4 << 20                      # its body runs to the end of the file
+    tail = plan.split(head)
+    tail.busy = True
+    plan.give_back(tail)
+    assert plan.segments == [head] and head.end == 4 << 20
+
+
+def test_a_takeover_is_not_given_back_when_the_body_stops_short_or_bytes_arrived():
+    plan = SegmentPlan(4 << 20, min_segment=1 << 20)
+    head = plan.next_work()
+    head.reach = 2 << 20                      # a closed range: it will not deliver the tail's bytes
+    tail = plan.split(head)
+    tail.busy = True
+    plan.give_back(tail)
+    assert len(plan.segments) == 2 and not tail.busy
+    head.reach = 4 << 20
+    tail.pos = tail.received = tail.start + 10  # the tail's own connection wrote some of it
+    tail.busy = True
+    plan.give_back(tail)
+    assert len(plan.segments) == 2 and plan.next_work() is tail
+
+
+def test_written_is_the_complement_of_missing():
+    plan = SegmentPlan(100, [(10, 20), (50, 100)], min_segment=1)
+    assert plan.written() == [(0, 10), (20, 50)]
