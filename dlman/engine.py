@@ -87,7 +87,8 @@ class Engine:
                  auth: httpx._types.AuthTypes | None = None, client: httpx.AsyncClient | None = None,
                  verify: bool | str | ssl.SSLContext = True, cert: httpx._types.CertTypes | None = None,
                  proxy: httpx._types.ProxyTypes | None = None, cookies: httpx._types.CookieTypes | None = None,
-                 event_hooks: Mapping[str, list[Callable[..., Any]]] | None = None) -> None:
+                 event_hooks: Mapping[str, list[Callable[..., Any]]] | None = None,
+                 verify_digest: bool = True) -> None:
         self.connections = check_connections(connections)
         if type(retries) is not int or retries < 0:
             raise InvalidInputError(f"retries must be a whole number >= 0, got {retries!r}")
@@ -106,6 +107,7 @@ class Engine:
         if isinstance(save_interval, bool) or not isinstance(save_interval, (int, float)) or not save_interval > 0:
             raise InvalidInputError(f"save_interval must be a positive number of seconds, got {save_interval!r}")
         self.save_interval = float(save_interval)
+        self.verify_digest = bool(verify_digest)  # check the server's own digest when no checksum is given
         self.auth = _check_auth(auth)
         if isinstance(cookies, (dict, list)):
             # Name-value pairs say nothing of their domain: they go as a Cookie header, which

@@ -32,3 +32,5 @@ class DownloadResult:
     size: int
     url: str
     skipped: bool = False
+    checksum: str | None = None          # what the file was verified against ("sha256:HEX"), if anything
+    checksum_source: str | None = None   # "given", or the server's header it came from

@@ -17,6 +17,8 @@ import json
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from dlman.checksum import parse_checksum
+from dlman.errors import InvalidInputError
 from dlman.remote import Validators
 from dlman.segments import complement, normalise
 
@@ -50,6 +52,8 @@ class ResumeState:
     missing: list[tuple[int, int]] = field(default_factory=list)
     sources: dict[str, Validators] = field(default_factory=dict)
     reference: str | None = None   # the source key whose first answer described the file
+    digest: str | None = None      # the server's digest of the whole file ("sha256:HEX"), to verify
+    digest_source: str | None = None   # the header it came from
 
     @property
     def downloaded(self) -> int:
@@ -67,6 +71,8 @@ class ResumeState:
             "missing": [list(r) for r in self.missing],
             "reference": self.reference,
             "sources": {key: _encode_validators(v) for key, v in self.sources.items()},
+            "digest": self.digest,
+            "digest_source": self.digest_source,
         }, separators=(",", ":")).encode("utf-8")
 
     @classmethod
@@ -99,7 +105,18 @@ class ResumeState:
             raise StateError("state has bad sources")
         if reference is not None and not isinstance(reference, str):
             raise StateError("state has a bad reference")
-        return cls(url, size, intervals, {k: _decode_validators(v) for k, v in sources.items()}, reference)
+        digest, digest_source = raw.get("digest"), raw.get("digest_source")
+        if digest is not None:
+            if not isinstance(digest, str):
+                raise StateError("state has a bad digest")
+            try:
+                digest = str(parse_checksum(digest))
+            except InvalidInputError:
+                raise StateError("state has a bad digest") from None
+        if digest_source is not None and not isinstance(digest_source, str):
+            raise StateError("state has a bad digest source")
+        return cls(url, size, intervals, {k: _decode_validators(v) for k, v in sources.items()}, reference,
+                   digest, digest_source)
 
 
 def _decode_missing(missing: list[object], size: int) -> list[tuple[int, int]]:

@@ -380,7 +380,7 @@ class PartFile:
             raise storage_error(exc, self.part) from None
 
     async def finish(self, size: int | None, checksum: Checksum | None, url: str, *,
-                     overwrite: bool) -> int:
+                     overwrite: bool, source: str = "given") -> int:
         """Verify, flush and atomically publish the part file under its name; returns the size.
 
         The destination name appears only for a complete, verified, durable file.
@@ -400,8 +400,9 @@ class PartFile:
                 raise storage_error(exc, self.part) from None
             if digest != checksum.hexdigest:
                 await self.delete()
+                origin = "" if source == "given" else f" by the server's {source}"
                 raise ChecksumError(
-                    f"{self.dest}: {checksum.algorithm} checksum mismatch (expected "
+                    f"{self.dest}: {checksum.algorithm} checksum mismatch (expected{origin} "
                     f"{checksum.hexdigest}, got {digest}); the bad data was deleted",
                     url=url, path=str(self.dest))
         try:

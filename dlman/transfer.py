@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING
 
 import httpx
 
-from dlman.checksum import Checksum, file_digest
+from dlman.checksum import Checksum, file_digest, parse_checksum
+from dlman.digests import WANT_HEADERS, candidates, disagreement, strongest
 from dlman.errors import (
     ChecksumError,
     DestinationExistsError,
@@ -142,6 +143,9 @@ class Transfer:
         self.directory = directory
         self.connections = connections
         self.checksum = checksum
+        self.verify_digest = engine.verify_digest
+        self.found_digests: list[tuple[Checksum, str]] = []   # what the first answer's headers offered
+        self.expected: tuple[Checksum, str] | None = None     # what the file is verified against, and why
         self.overwrite = overwrite
         self.on_progress = on_progress
         self.policy = RetryPolicy(retries=engine.retries)
@@ -300,6 +304,10 @@ class Transfer:
     async def _resume(self, state: ResumeState) -> DownloadResult:
         """Continue from the state: ask only for the missing bytes, each source proven first."""
         self.resumed = True
+        if self.checksum is not None:
+            self.expected = (self.checksum, "given")
+        elif self.verify_digest and state.digest:
+            self.expected = (parse_checksum(state.digest), state.digest_source or "digest")
         self.sources = dict(state.sources)
         self.reference = state.reference
         validators = state.sources.get(state.reference or "", Validators())
@@ -331,11 +339,18 @@ class Transfer:
         failures = 0
         while True:
             try:
-                response = await self._send(mirror, mirror.url, {"Range": first_range} if first_range else {})
+                ask = {"Range": first_range} if first_range else {}
+                if self.verify_digest:
+                    ask.update(WANT_HEADERS)
+                hops: list[httpx.Headers] = []
+                response = await self._send(mirror, mirror.url, ask, hops)
                 answer = self._answer(response)
                 verdict, remote = judge_first(answer, ranged=first_range is not None)
                 if verdict.action is Action.ACCEPT:
                     assert remote is not None
+                    whole = answer.status == 200 and answer.encoding is None
+                    self.found_digests = [found for headers in hops for found in candidates(headers, whole_body=False)]
+                    self.found_digests += candidates(response.headers, whole_body=whole)
                     return response, answer, verdict, remote
                 try:
                     if verdict.action is Action.REFUSED:
@@ -378,6 +393,7 @@ class Transfer:
         """
         path = self.path
         assert path is not None
+        self._choose_checksum()
         if self.overwrite or not os.path.lexists(path):
             return None
         if path.is_dir():
@@ -386,13 +402,33 @@ class Transfer:
             self.compare_existing = True
             return None
         size = path.stat().st_size
-        if size == remote.size and (self.checksum is None or await stoppable(functools.partial(
-                file_digest, str(path), self.checksum.algorithm)) == self.checksum.hexdigest):
+        expected = self.expected[0] if self.expected else None
+        if size == remote.size and (expected is None or await stoppable(functools.partial(
+                file_digest, str(path), expected.algorithm)) == expected.hexdigest):
             log.info("%s: %s is already complete", self.name, path)
-            return DownloadResult(path, size, self.url, skipped=True)
+            return self._result(path, size, skipped=True)
         raise DestinationExistsError(
             f"{path} already exists and differs from {self.name}; pass --overwrite to replace it",
             url=self.url, path=str(path))
+
+    def _choose_checksum(self) -> None:
+        """What the file will be verified against: the user's checksum, else the server's strongest
+        digest (``verify_digest``); a server that contradicts the user's checksum is an error."""
+        if self.checksum is not None:
+            why = disagreement(self.checksum, self.found_digests)
+            if why is not None:
+                raise ChecksumError(f"{self.name}: {why}", url=self.url, path=str(self.path))
+            self.expected = (self.checksum, "given")
+        elif self.verify_digest:
+            self.expected = strongest(self.found_digests)
+            if self.expected is not None:
+                log.info("%s: the server's %s gives the file's %s", self.name, self.expected[1],
+                         self.expected[0].algorithm)
+
+    def _result(self, path: Path, size: int, *, skipped: bool = False) -> DownloadResult:
+        checksum, source = self.expected if self.expected else (None, None)
+        return DownloadResult(path, size, self.url, skipped=skipped,
+                              checksum=str(checksum) if checksum else None, checksum_source=source)
 
     # -- connections ------------------------------------------------------------------
     async def _run_connections(self, opening: _Opening | None, first: Segment | None) -> DownloadResult:
@@ -433,15 +469,16 @@ class Transfer:
         size = self.plan.size if self.plan is not None else (self.stream.pos if self.stream else 0)
         if self.compare_existing:
             return await self._compare_with_existing(size)
+        checksum, source = self.expected if self.expected else (None, "given")
         try:
-            size = await part.finish(size, self.checksum, self.name, overwrite=self.overwrite)
+            size = await part.finish(size, checksum, self.name, overwrite=self.overwrite, source=source)
         except BaseException as exc:
             if not isinstance(exc, ChecksumError):  # the data is kept: so is its state
                 await self._save_quietly()
             raise
         self._report()
         log.info("%s: saved %s (%d bytes)", self.name, path, size)
-        return DownloadResult(path, size, self.url)
+        return self._result(path, size)
 
     async def _compare_with_existing(self, size: int) -> DownloadResult:
         """An unsized file whose destination existed: done if identical, else refused."""
@@ -454,7 +491,7 @@ class Transfer:
                 f"{path} already exists and differs from {self.name}; pass --overwrite to replace it",
                 url=self.url, path=str(path))
         log.info("%s: %s is already complete", self.name, path)
-        return DownloadResult(path, size, self.url, skipped=True)
+        return self._result(path, size, skipped=True)
 
     async def _worker(self, index: int, opening: _Opening | None, segment: Segment | None) -> None:
         """One connection: fill segments until none is left to take or split.
@@ -746,7 +783,8 @@ class Transfer:
         await asyncio.sleep(delay)
 
     # -- requests ------------------------------------------------------------------
-    async def _send(self, mirror: Mirror, url: str, extra: dict[str, str]) -> httpx.Response:
+    async def _send(self, mirror: Mirror, url: str, extra: dict[str, str],
+                    hops: list[httpx.Headers] | None = None) -> httpx.Response:
         """Send one GET (streamed), following redirects here, at most 20, so that each hop carries
         only the credentials its origin may have. The final host's connection slot is held until
         the response closes. Raises ``_Retry`` for what may pass and ``_MirrorGone`` for what will not.
@@ -788,6 +826,8 @@ class Transfer:
                 return response
             await response.aclose()
             release()
+            if hops is not None:
+                hops.append(response.headers)  # a redirector may say what the file is (X-Linked-Etag)
             try:
                 url = str(request.url.join(response.headers["location"]))
             except (httpx.InvalidURL, UnicodeError) as exc:
@@ -824,8 +864,9 @@ class Transfer:
             return
         for receiver in list(self.receivers):
             await receiver.flush()
-        state = ResumeState(self.name, self.plan.size, self.plan.missing(), dict(self.sources),
-                            self.reference)
+        server = self.expected if self.expected and self.expected[1] != "given" else None
+        state = ResumeState(self.name, self.plan.size, self.plan.missing(), dict(self.sources), self.reference,
+                            str(server[0]) if server else None, server[1] if server else None)
         await self.part.save_state(state)
 
     async def _save_quietly(self) -> None:
