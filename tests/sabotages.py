@@ -210,6 +210,11 @@ def _h2_reset() -> None:
     transport.cancelling_http2_available = lambda: False
 
 
+def _server_digest() -> None:
+    from dlman import transfer
+    transfer.strongest = lambda found: None
+
+
 def _save_retry() -> None:
     from dlman import transfer
     transfer.SAVE_FAILURES = 1
@@ -277,6 +282,10 @@ CATALOGUE: tuple[Sabotage, ...] = (
     Sabotage("h2-reset", "an HTTP/2 stream cut short is reset and its window given back", _h2_reset,
              ("tests/test_http2.py::test_segmented_h2_download_resets_the_streams_it_cuts",
               "tests/test_transport.py::test_http2_response_closed_early_resets_its_stream")),
+    Sabotage("server-digest", "the server's digest of the file is verified when no checksum is given",
+             _server_digest,
+             ("tests/test_digests.py::test_a_server_digest_that_does_not_match_fails_and_deletes_the_data",
+              "tests/test_digests.py::test_the_digest_is_kept_for_the_resume")),
     Sabotage("save-retry", "a failed state save is retried, not fatal", _save_retry,
              (N + "test_a_failed_save_is_retried_and_later_saves_go_on",)),
 )
