@@ -36,7 +36,7 @@ def run(sabotage: sabotages.Sabotage, site: Path, timeout: float) -> tuple[list[
     env[sabotages.ENV] = sabotage.name
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), env.get("PYTHONPATH")]))
     command = [sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", "-m", "",
-               "--timeout", "90", *sabotage.tests]
+               "--timeout", "30", *sabotage.tests]
     try:
         done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
         output = done.stdout + done.stderr
