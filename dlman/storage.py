@@ -120,7 +120,7 @@ def _lock_part(path: Path, dest: Path) -> tuple[int, bool]:
     (a kill between publishing and unlinking) is cleared away first.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    while True:
+    for _ in range(100):  # each round lost a race with another process's rename or unlink
         created = False
         try:
             fd = os.open(path, os.O_RDWR | NOFOLLOW | os.O_CLOEXEC)
@@ -155,6 +155,7 @@ def _lock_part(path: Path, dest: Path) -> tuple[int, bool]:
             os.close(fd)
             raise
         os.close(fd)
+    raise OSError(errno.EAGAIN, "it keeps being replaced while being opened")
 
 
 def _truncate(fd: int, state: Path) -> None:
