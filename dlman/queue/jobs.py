@@ -1,8 +1,8 @@
 """What the queue holds: a job's row as a snapshot (Job), a checked request (NewJob), how a job
 ended for a run (Outcome), and the pure rules about them.
 
-Nothing here touches the database; ``prepare`` only looks at the disk to tell a directory
-from a file name.
+Nothing here touches the database; the disk is only looked at (``prepare`` tells a directory
+from a file name, ``size_on_disk`` finds a finished file).
 """
 
 from __future__ import annotations
