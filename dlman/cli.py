@@ -269,7 +269,12 @@ def _run(settings: Settings, queue: Queue, *, jobs: int = 4, ids: Sequence[int] 
     if outcomes is None:
         settings.say("dlman: stopped; partial data kept and interrupted jobs queued again ('dlman run' resumes)")
         return EXIT_SIGNAL[signal.Signals(received[0])]
-    failed = [o for o in outcomes.values() if o.state != "done"]
+    if ids is None:
+        # `run` answers for failures: a job the user paused or removed meanwhile did not fail.
+        failed = any(o.state == "failed" for o in outcomes.values())
+    else:
+        # `add` and `resume` answer for their own jobs: each must end done.
+        failed = any(o.state != "done" for o in outcomes.values())
     return EXIT_FAILED if failed else EXIT_OK
 
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -179,15 +181,22 @@ def test_two_runners_download_each_job_once(server, make_data, tmp_path: Path, e
 
 
 @pytest.mark.parametrize("action", [["pause", "1"], ["remove", "--delete", "1"]])
+@pytest.mark.parametrize("command,status", [("add", 1), ("run", 0)])
 def test_pause_or_remove_from_another_process(server, make_data, tmp_path: Path, env: dict[str, str],
-                                              action: list[str]) -> None:
+                                              action: list[str], command: str, status: int) -> None:
+    """`add` answers for its own jobs ending done (exit 1); for `run` a job the user paused or
+    removed is not a failure (exit 0)."""
     res = server.add("/big", make_data(SIZE), throttle=SLOW)
-    process = start(env, "add", server.url("/big"), "-c", "1", cwd=tmp_path)
+    if command == "add":
+        process = start(env, "add", server.url("/big"), "-c", "1", cwd=tmp_path)
+    else:
+        assert dlman(env, "add", "--later", server.url("/big"), "-c", "1", cwd=tmp_path).returncode == 0
+        process = start(env, "run", cwd=tmp_path)
     wait_transferring(env, tmp_path, res)
     began = time.monotonic()
     result = dlman(env, *action, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert finish(process) == 1  # its job did not end done
+    assert finish(process) == status, process.stderr.read()
     assert time.monotonic() - began < 3.0
     served = res.bytes_served
     time.sleep(0.3)
@@ -197,3 +206,76 @@ def test_pause_or_remove_from_another_process(server, make_data, tmp_path: Path,
     else:
         assert jobs(env, tmp_path) == []
         assert not (tmp_path / "big.part").exists() and not (tmp_path / "big.part.state").exists()
+
+
+def test_same_manifest_twice_downloads_nothing_even_without_a_size(server, make_data, tmp_path: Path,
+                                                                   env: dict[str, str]) -> None:
+    """A done job whose file is still whole stays done when its manifest is added again: the
+    second run asks the server nothing, even for a file served without a size (where no
+    request could have confirmed it); a file that has gone is downloaded again."""
+    sized = server.add("/sized", make_data(300_000))
+    unsized = server.add("/unsized", make_data(200_000, seed=1), no_content_length=True)
+    manifest = tmp_path / "m.txt"
+    manifest.write_text(f"{server.url('/sized')}\n{server.url('/unsized')}\n  out=u.bin\n")
+    first = dlman(env, "add", "-i", str(manifest), cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert (tmp_path / "u.bin").read_bytes() == unsized.data
+    asked = (len(sized.requests), len(unsized.requests))
+    stamps = [(tmp_path / name).stat().st_mtime_ns for name in ("sized", "u.bin")]
+
+    again = dlman(env, "add", "-i", str(manifest), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert again.stderr.count("already complete") == 2, again.stderr
+    assert (len(sized.requests), len(unsized.requests)) == asked  # nothing was asked for
+    assert [(tmp_path / name).stat().st_mtime_ns for name in ("sized", "u.bin")] == stamps
+    assert [j["state"] for j in jobs(env, tmp_path)] == ["done", "done"]
+
+    (tmp_path / "u.bin").unlink()
+    third = dlman(env, "add", "-i", str(manifest), cwd=tmp_path)
+    assert third.returncode == 0, third.stderr
+    assert (tmp_path / "u.bin").read_bytes() == unsized.data
+    assert (len(sized.requests), len(unsized.requests)) == (asked[0], asked[1] + 1)
+    assert len(jobs(env, tmp_path)) == 2
+
+
+def _owner(env: dict[str, str], job_id: int) -> tuple[int, float]:
+    """The owner pid and heartbeat age of a job, read straight from the database."""
+    with closing(sqlite3.connect(Path(env["DLMAN_HOME"]) / "queue.db")) as conn:
+        pid, beat = conn.execute("SELECT owner_pid, heartbeat FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    return pid, time.time() - beat
+
+
+def test_a_stopped_runner_keeps_its_job(server, make_data, tmp_path: Path, env: dict[str, str]) -> None:
+    """A live process is authoritative on its host, however old its heartbeat: a `dlman run`
+    stopped (SIGSTOP) far beyond STALE_AFTER keeps its job while a second runner keeps looking
+    for work, and finishes it once continued: one request, every byte served once."""
+    stale, tick = 1.0, 0.5
+    env = dict(env, DLMAN_STALE_AFTER=str(stale))
+    kept = server.add("/kept", make_data(SIZE), throttle=SLOW)
+    other = server.add("/other", make_data(SIZE, seed=1), throttle=SLOW)
+    assert dlman(env, "add", "--later", "-c", "1", server.url("/kept"), cwd=tmp_path).returncode == 0
+    first = start(env, "run", "-j", "1", cwd=tmp_path)
+    second = None
+    try:
+        wait_transferring(env, tmp_path, kept, 1)
+        first.send_signal(signal.SIGSTOP)
+        assert dlman(env, "add", "--later", "-c", "1", server.url("/other"), cwd=tmp_path).returncode == 0
+        # Two slots, one job of its own: the second runner tries to claim once per tick throughout.
+        second = start(env, "run", "-j", "2", cwd=tmp_path)
+        wait_transferring(env, tmp_path, other, 2)
+        wait_for(lambda: _owner(env, 1)[1] > stale + 6 * tick, what="the stopped owner's heartbeat to go stale")
+        assert second.poll() is None
+        assert _owner(env, 1)[0] == first.pid and job(env, tmp_path, 1)["state"] == "active"
+        assert len(kept.requests) == 1 and kept.max_active == 1
+        other.throttle = None
+        assert finish(second) == 0, second.stderr.read()
+        assert _owner(env, 1)[0] == first.pid
+    finally:
+        first.send_signal(signal.SIGCONT)
+        if second is not None and second.poll() is None:
+            second.kill()
+    kept.throttle = None
+    assert finish(first) == 0, first.stderr.read()
+    assert (tmp_path / "kept").read_bytes() == kept.data
+    assert len(kept.requests) == 1 and kept.bytes_served == len(kept.data)
+    assert [j["state"] for j in jobs(env, tmp_path)] == ["done", "done"]

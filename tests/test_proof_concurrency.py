@@ -10,6 +10,8 @@ ranged GET and the server's counters account for every byte exactly:
 * a job paused while active was served ``B1`` bytes before it stopped, saved ``S <= B1`` of them,
   and its resume asked for ``bytes=S-`` (with If-Range) and got exactly ``size - S`` more;
 * a removed job got nothing more after its removal, a job removed while queued got nothing at all;
+* a job paused and resumed at once while active (before its owner noticed, most likely) was never
+  fetched by two runners: at most one more request, and at most a socket's worth served twice;
 * the server never saw two connections for one file at once (two owners would show as two).
 
 A thread samples the queue every few milliseconds through ``dlman.Queue`` and another runs
@@ -207,6 +209,7 @@ class Plan:
     remove_active: int = 3  # removed while active, partial data kept
     remove_active_delete: int = 4  # removed while active with --delete
     remove_done_delete: int = 5  # removed with --delete once done: the file stays
+    pause_resume_active: int = 6  # paused and at once resumed while active, through the API (no wait)
 
     @property
     def remove_queued(self) -> int:
@@ -256,7 +259,7 @@ def scenario(server: Any, make_data: Any, tmp_path: Path, total: int, runners: i
 
     resources = {}
     for job_id in range(1, total + 1):
-        if job_id in plan.slow:
+        if job_id in plan.slow or job_id == plan.pause_resume_active:
             size, rate = SLOW_SIZE, SLOW_RATE
         else:
             size = rng.randrange(256 * KiB, 512 * KiB + 1)
@@ -310,9 +313,14 @@ def scenario(server: Any, make_data: Any, tmp_path: Path, total: int, runners: i
             def under_way() -> bool:
                 states = sample()
                 return all(states.get(i, ("", 0))[0] == "active" and resources[i].bytes_served > 150 * KiB
-                           for i in plan.slow)
+                           for i in [*plan.slow, plan.pause_resume_active])
 
-            wait_for(under_way, timeout=20, what="the four slow jobs to be under way")
+            wait_for(under_way, timeout=20, what="the slow jobs to be under way")
+            # Paused and resumed before its owner's next heartbeat, most likely: the job stays with
+            # its owner (no other runner may claim it), which goes on or, if it saw the pause, lets
+            # it go and it is claimed again; never two downloads at once.
+            probe.pause(plan.pause_resume_active, wait=0)
+            probe.resume(plan.pause_resume_active)
             acted = time.monotonic()
             active_actions = {
                 plan.pause_active_resume_now: fleet.start("pause", str(plan.pause_active_resume_now)),
@@ -413,6 +421,9 @@ def scenario(server: Any, make_data: Any, tmp_path: Path, total: int, runners: i
             assert range_start(later[0].range) == start and later[0].headers.get("if-range"), later[0].headers
             assert res.bytes_served == served_before + size - start, (job_id, res.bytes_served, served_before, start)
             continue
+        if job_id == plan.pause_resume_active:
+            assert len(res.requests) <= 2 and res.bytes_served <= size + WASTE_LIMIT, (res.requests, res.bytes_served)
+            continue
         # Untouched, or paused while queued: asked for once, served exactly once.
         assert [(r.range, r.status) for r in res.requests] == [("bytes=0-", 206)], (job_id, res.requests)
         assert res.bytes_served == size, (job_id, res.bytes_served, size)
@@ -430,8 +441,8 @@ def scenario(server: Any, make_data: Any, tmp_path: Path, total: int, runners: i
                 reported[match.group(1)].append(int(match.group(2)))
             elif "already complete" not in line:
                 completions.append(line.split()[1])
-        interrupted = any(re.match(r"(paused|removed) job", line) for line in lines)
-        assert result.returncode == (1 if interrupted else 0), (result.returncode, result.stderr)
+        # A job paused or removed by the user did not fail: `run` still exits 0.
+        assert result.returncode == 0, (result.returncode, result.stderr)
     assert sorted(reported["paused"]) == [plan.pause_active_resume_now, plan.pause_active_resume_end]
     assert sorted(reported["removed"]) == [plan.remove_active, plan.remove_active_delete]
     for call in (resumed, final):
@@ -443,7 +454,7 @@ def scenario(server: Any, make_data: Any, tmp_path: Path, total: int, runners: i
 
     # -- the transitions ---------------------------------------------------------------------------
     assert not sampler.errors, sampler.errors
-    untouched = set(range(1, total + 1)) - plan.paused - plan.removed
+    untouched = set(range(1, total + 1)) - plan.paused - plan.removed - {plan.pause_resume_active}
     changes = check_transitions(sampler.snapshots, range(1, total + 1), untouched)
     assert changes >= 2 * len(untouched)  # the sampler really saw the jobs move
     assert len(lister_snapshots) >= 3

@@ -189,7 +189,7 @@ def test_pause_and_remove_lines_hide_secrets(server, make_data, tmp_path, env) -
             runner.kill()
             runner.communicate()
     dlman.outputs.append((("-v", "run"), stdout + stderr))
-    assert runner.returncode == 1, stderr
+    assert runner.returncode == 0, stderr  # for `run`, a job the user paused or removed did not fail
     assert "paused job 1 (http://***@127.0.0.1:" in stderr and "removed job 2 (http://***@127.0.0.1:" in stderr
     assert dlman("-v", "list").returncode == 0
     assert dlman.leaks() == []

@@ -1,0 +1,194 @@
+"""What the queue holds: a job's row as a snapshot (Job), a checked request (NewJob), how a job
+ended for a run (Outcome), and the pure rules about them.
+
+Nothing here touches the database; the disk is only looked at (``prepare`` tells a directory
+from a file name, ``size_on_disk`` finds a finished file).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import stat
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dlman.checksum import parse_checksum
+from dlman.errors import InvalidInputError
+from dlman.naming import part_path, state_path
+from dlman.options import check_connections, check_urls, mask_header, mask_url, normalise_headers, redact
+
+STATES = ("queued", "active", "paused", "done", "failed")
+OPTION_KEYS = ("connections", "checksum", "headers", "overwrite", "http2", "insecure", "retries", "timeout")
+ENGINE_KEYS = ("http2", "insecure", "retries", "timeout")  # one Engine per distinct set of these
+DOWNLOAD_KEYS = ("connections", "checksum", "headers", "overwrite")  # passed to each download
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One row of the queue, as a snapshot."""
+
+    id: int
+    urls: tuple[str, ...]
+    dest: str
+    dest_is_dir: bool
+    output: str | None
+    options: Mapping[str, Any]
+    state: str
+    bytes_done: int
+    total_bytes: int | None
+    error: str | None
+    owner_pid: int | None
+    created: float
+    updated: float
+
+    @property
+    def url(self) -> str:
+        return self.urls[0]
+
+    @property
+    def file(self) -> Path | None:
+        """The destination file once its name is known."""
+        return None if self.dest_is_dir else Path(self.dest)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The public view (``list --json``): URL credentials and secret header values masked."""
+        options = dict(self.options)
+        if options.get("headers"):
+            options["headers"] = [mask_header(h) for h in options["headers"]]
+        return {
+            "id": self.id,
+            "url": mask_url(self.url),
+            "urls": [mask_url(u) for u in self.urls],
+            "dest": self.dest,
+            "state": self.state,
+            "bytes_done": self.bytes_done,
+            "total_bytes": self.total_bytes,
+            "error": None if self.error is None else redact(self.error),
+            "options": options,
+            "created": self.created,
+            "updated": self.updated,
+        }
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> "Job":
+        return cls(
+            id=row["id"],
+            urls=tuple(json.loads(row["urls"])),
+            dest=row["dest"],
+            dest_is_dir=bool(row["dest_is_dir"]),
+            output=row["output"],
+            options=json.loads(row["options"]),
+            state=row["state"],
+            bytes_done=row["bytes_done"],
+            total_bytes=row["total_bytes"],
+            error=row["error"],
+            owner_pid=row["owner_pid"],
+            created=row["created"],
+            updated=row["updated"],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """A validated request to enqueue, not yet written: lets a whole manifest be checked first."""
+
+    urls: tuple[str, ...]
+    dest: str
+    dest_is_dir: bool
+    output: str | None
+    options: Mapping[str, Any]
+
+    @property
+    def request(self) -> str:
+        """What makes two requests the same job: the first URL and the target as asked."""
+        return json.dumps([self.urls[0], self.dest, self.dest_is_dir])
+
+
+def prepare(
+    url_or_urls: str | Sequence[str], dest: str | os.PathLike[str] = ".", *, output: str | None = None, **options: Any
+) -> NewJob:
+    """Validate one job (InvalidInputError if anything is wrong) without touching the queue.
+
+    ``output`` is a file path relative to ``dest``; without it ``dest`` is a file
+    path unless it is an existing directory or ends with a separator (the
+    engine's rule, made explicit so a directory can be created later).
+    """
+    urls = tuple(check_urls(url_or_urls))
+    unknown = set(options) - set(OPTION_KEYS)
+    if unknown:
+        raise InvalidInputError(f"unknown option(s): {', '.join(sorted(unknown))}")
+    clean: dict[str, Any] = {}
+    if options.get("connections") is not None:
+        clean["connections"] = check_connections(options["connections"])
+    if options.get("checksum"):
+        clean["checksum"] = str(parse_checksum(options["checksum"]))
+    headers = normalise_headers(options.get("headers"))
+    if headers:
+        clean["headers"] = [f"{name}: {value}" for name, value in headers]
+    for flag in ("overwrite", "http2", "insecure"):
+        if options.get(flag):
+            clean[flag] = True
+    if options.get("retries") is not None:
+        if not isinstance(options["retries"], int) or options["retries"] < 0:
+            raise InvalidInputError(f"retries must be a whole number >= 0, got {options['retries']!r}")
+        clean["retries"] = options["retries"]
+    if options.get("timeout") is not None:
+        if not isinstance(options["timeout"], (int, float)) or options["timeout"] <= 0:
+            raise InvalidInputError(f"timeout must be a positive number of seconds, got {options['timeout']!r}")
+        clean["timeout"] = float(options["timeout"])
+    text = os.fspath(dest)
+    if output:
+        path, is_dir = os.path.abspath(os.path.join(text, output)), False
+    else:
+        is_dir = text.endswith((os.sep, "/")) or os.path.isdir(text)
+        path = os.path.abspath(text)
+    return NewJob(urls, path, is_dir, output or None, clean)
+
+
+def stays_done(total_bytes: int | None, old: Mapping[str, Any], new: Mapping[str, Any],
+               size_on_disk: int | None) -> bool:
+    """Whether a ``done`` job asked for again is left done, without asking the server.
+
+    Its file must still be there at the size recorded when it was finished (which
+    is known even for a file served without a size), and the new request must not
+    ask for more than was checked then: no ``overwrite``, no different checksum.
+    """
+    if total_bytes is None or size_on_disk != total_bytes:
+        return False
+    if new.get("overwrite"):
+        return False
+    return new.get("checksum") in (None, old.get("checksum"))
+
+
+def size_on_disk(path: str) -> int | None:
+    """The size of a regular file, or None when there is none (or it is not a file)."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_size if stat.S_ISREG(info.st_mode) else None
+
+
+def partial_files(dest: str, dest_is_dir: bool) -> list[Path]:
+    """The partial data of a job (never its finished file); none while its name is unknown."""
+    if dest_is_dir:
+        return []
+    path = Path(dest)
+    return [part_path(path), state_path(path)]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How a job ended for a run: done, failed, paused, removed or interrupted."""
+
+    job_id: int
+    state: str
+    url: str
+    path: str | None = None
+    size: int | None = None
+    skipped: bool = False
+    error: str | None = None
