@@ -220,6 +220,37 @@ def _save_retry() -> None:
     transfer.SAVE_FAILURES = 1
 
 
+def _download_roots() -> None:
+    from dlman.server import paths, service
+
+    def anywhere(roots, directory, out):  # type: ignore[no-untyped-def]
+        import os
+        real = os.path.abspath(os.path.join(roots[0], directory or "."))
+        return real, out
+    paths.place = anywhere
+    service.place = anywhere
+
+
+def _rpc_token() -> None:
+    from dlman.server import jsonrpc, security
+    security.token_ok = lambda given, secret: True
+    jsonrpc.token_ok = security.token_ok
+
+
+def _web_origins() -> None:
+    from dlman.server import security
+    security.origin_allowed = lambda headers, allowed: True
+    security.host_allowed = lambda host, loopback: True
+
+
+def _auth_delay() -> None:
+    from dlman.server import app
+
+    async def at_once(self):  # type: ignore[no-untyped-def]
+        return None
+    app.Throttle.failed = at_once
+
+
 E = "tests/test_engine.py::"
 N = "tests/test_never_wrong.py::"
 H = "tests/test_proof_hostile.py::"
@@ -288,6 +319,17 @@ CATALOGUE: tuple[Sabotage, ...] = (
               "tests/test_digests.py::test_the_digest_is_kept_for_the_resume")),
     Sabotage("save-retry", "a failed state save is retried, not fatal", _save_retry,
              (N + "test_a_failed_save_is_retried_and_later_saves_go_on",)),
+    Sabotage("download-roots", "dir and out from the network stay inside the download roots, symlinks included",
+             _download_roots,
+             ("tests/test_server.py::test_download_roots_symlinks_and_no_overwrite",
+              "tests/test_server_units.py::test_download_roots")),
+    Sabotage("rpc-token", "every aria2 call but system.list* carries the secret token", _rpc_token,
+             ("tests/test_server.py::test_token_right_wrong_missing_and_in_multicall",
+              "tests/test_server_units.py::test_dispatcher_token_rules")),
+    Sabotage("web-origins", "requests from foreign web origins and rebinding host names are refused", _web_origins,
+             ("tests/test_server.py::test_cors_preflight_origins_and_hosts",)),
+    Sabotage("auth-delay", "a refused token is answered late, one at a time", _auth_delay,
+             ("tests/test_server.py::test_token_right_wrong_missing_and_in_multicall",)),
 )
 
 
