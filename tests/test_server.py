@@ -18,6 +18,7 @@ import pytest
 
 pytest.importorskip("starlette", reason="the server extra is not installed: pip install 'dlman[server]'")
 pytest.importorskip("uvicorn", reason="the server extra is not installed: pip install 'dlman[server]'")
+from websockets.exceptions import InvalidStatus  # noqa: E402
 from websockets.sync.client import connect  # noqa: E402
 
 from helpers import wait_for  # noqa: E402
@@ -174,7 +175,7 @@ def test_cors_preflight_origins_and_hosts(tmp_path: Path) -> None:
                                  headers={"Sec-Fetch-Site": "cross-site"}).status_code == 403
         assert daemon.client.get("/", headers={"Host": "evil.example:6800"}).status_code == 403
         assert daemon.call("aria2.tellWaiting", 0, 10) == []
-        with pytest.raises(Exception):
+        with pytest.raises(InvalidStatus, match="403"):
             with connect(daemon.ws_url, open_timeout=5, origin="http://evil.example"):
                 pass
         with connect(daemon.ws_url, open_timeout=5, origin=allowed) as connection:
@@ -447,7 +448,7 @@ def test_sigterm_and_sigint_stop_cleanly_with_state_saved(tmp_path: Path, server
         gid = daemon.call("aria2.addUri", [server.url("/big.bin")]) if sig == signal.SIGTERM else \
             daemon.call("aria2.tellWaiting", 0, 1, ["gid"])[0]["gid"]
         served = resource.bytes_served
-        wait_for(lambda: resource.bytes_served - served > 200_000, what="the download to be under way")
+        wait_for(lambda served=served: resource.bytes_served - served > 200_000, what="the download to be under way")
         assert daemon.stop(sig) == status, daemon.output()
         assert "stopped; partial data kept" in daemon.output()
         listed = subprocess.run([sys.executable, "-m", "dlman", "list", "--json"], env=daemon.env,
