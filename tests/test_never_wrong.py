@@ -15,31 +15,14 @@ import os
 import threading
 import time
 from email.utils import formatdate
-from pathlib import Path
 
 import pytest
 
 import dlman
 from dlman import storage
-from helpers import fetch, saved_bytes, wait_for
+from helpers import fetch, saved_bytes, start_and_cancel, wait_for
 
 MiB = 1 << 20
-
-
-def start_and_cancel(url: str | list[str], dest: Path, at_least: int, **options) -> None:
-    """Download until the state claims ``at_least`` bytes, then cancel (as Ctrl-C would)."""
-    async def main() -> None:
-        async with dlman.Engine(timeout=5, **options) as engine:
-            task = asyncio.create_task(engine.download(url, dest))
-            deadline = time.monotonic() + 30
-            while saved_bytes(dest) < at_least:
-                assert not task.done(), "the download ended before it could be interrupted"
-                assert time.monotonic() < deadline, "no progress was saved in time"
-                await asyncio.sleep(0.02)
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-    asyncio.run(main())
 
 
 # -- one destination, one transfer ----------------------------------------------------------------
