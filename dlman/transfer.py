@@ -531,7 +531,7 @@ class Transfer:
         return self.running > 1
 
     async def _fill(self, index: int, segment: Segment, mirror: Mirror | None,
-                    opening: _Opening | None) -> Mirror:
+                    opening: _Opening | None) -> Mirror | None:
         """Fill one segment, retrying from the last byte written; another mirror takes over
         when one is dropped. Returns the mirror it ended with."""
         failures = 0
