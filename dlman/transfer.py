@@ -744,7 +744,8 @@ class Transfer:
         detail = await _detail(response, self.engine.timeout)
         message = status_message(verdict.status, answer.reason, detail)
         if action is Action.GONE and pinned and mirror.target != mirror.url:
-            mirror.target = None  # the pinned URL expired or moved: follow the original again
+            mirror.target = None  # the pinned URL expired or moved: follow the original again,
+            self._verified.discard(mirror.index)  # to a server that must prove itself first
             raise _Retry(f"{message} from {mask_url(str(response.url))}; following {mask_url(mirror.url)} again",
                          0.0)
         if verdict.status in (401, 403) and mirror.worked:
