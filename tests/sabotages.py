@@ -167,8 +167,8 @@ def _checksum() -> None:
 
 
 def _identity() -> None:
-    from dlman.transfer import Transfer
-    real = Transfer._headers
+    from dlman.request import Requester
+    real = Requester.headers
 
     def as_asked(self, url, extra):  # type: ignore[no-untyped-def]
         headers = real(self, url, extra)
@@ -176,7 +176,7 @@ def _identity() -> None:
             if name.lower() == "accept-encoding":
                 headers["Accept-Encoding"] = value
         return headers
-    Transfer._headers = as_asked
+    Requester.headers = as_asked
 
 
 def _weak_dates() -> None:
@@ -229,8 +229,8 @@ def _server_digest() -> None:
 
 
 def _save_retry() -> None:
-    from dlman import transfer
-    transfer.SAVE_FAILURES = 1
+    from dlman import saver
+    saver.SAVE_FAILURES = 1
 
 
 E = "tests/test_engine.py::"
