@@ -27,6 +27,7 @@ from dlman.options import (
     normalise_headers,
     parse_rate,
 )
+from dlman.naming import reserved
 from dlman.ratelimit import RateLimiter
 from dlman.segments import DEFAULT_MIN_SEGMENT
 from dlman.result import DownloadResult, Progress
@@ -60,6 +61,19 @@ class _CallableAuth(httpx.Auth):
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         yield self.function(request)
+
+
+def _check_dest(dest: str | os.PathLike[str]) -> tuple[Path, bool]:
+    """The absolute destination and whether it is a directory (existing, or written with a slash)."""
+    try:
+        text = os.fspath(dest)
+        target = Path(os.path.abspath(text))
+        directory = target.is_dir() or text.endswith(("/", os.sep))
+    except (TypeError, ValueError) as exc:  # not a path, or a NUL in it
+        raise InvalidInputError(f"invalid destination {dest!r}: {exc}") from None
+    if not directory and reserved(target.name):
+        raise InvalidInputError(f"{target.name!r} is a name dlman keeps its partial data under: choose another")
+    return target, directory
 
 
 def _whole(value: object, name: str) -> int:
@@ -190,9 +204,7 @@ class Engine:
         parsed_checksum = parse_checksum(checksum) if checksum else None
         count = check_connections(connections) if connections is not None else self.connections
         merged = self.headers + normalise_headers(headers)
-        text = os.fspath(dest)
-        target = Path(os.path.abspath(text))
-        directory = target.is_dir() or text.endswith(("/", os.sep))
+        target, directory = _check_dest(dest)
         transfer = Transfer(self, urls, target, directory=directory, connections=count, headers=merged,
                             checksum=parsed_checksum,
                             overwrite=self.overwrite if overwrite is None else overwrite,

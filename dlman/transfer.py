@@ -19,6 +19,7 @@ import functools
 import logging
 import os
 import random
+import stat
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -381,12 +382,17 @@ class Transfer:
         self._choose_checksum()
         if self.overwrite or not os.path.lexists(path):
             return None
-        if path.is_dir():
+        try:
+            info = path.stat()
+        except OSError:
+            raise DestinationExistsError(f"{path} is a symbolic link to nothing; pass --overwrite to replace it",
+                                         url=self.url, path=str(path)) from None
+        if stat.S_ISDIR(info.st_mode):
             raise DestinationExistsError(f"{path} is a directory", url=self.url, path=str(path))
         if remote.size is None:
             self.compare_existing = True
             return None
-        size = path.stat().st_size
+        size = info.st_size
         expected = self.expected[0] if self.expected else None
         if size == remote.size and (expected is None or await stoppable(functools.partial(
                 file_digest, str(path), expected.algorithm)) == expected.hexdigest):
