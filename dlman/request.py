@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 
+from dlman.asynctools import within
 from dlman.client import MAX_REDIRECTS
 from dlman.errors import DownloadError, NetworkError, ProtocolError
 from dlman.mirrors import Mirrors
@@ -79,10 +80,11 @@ class Requester:
             log.info("GET %s %s", mask_url(url), extra.get("Range", ""))
             release = await engine.acquire_host_slot(request.url.host)
             try:
-                response = await asyncio.wait_for(
+                response = await within(
+                    max(0.0, deadline - loop.time()),
                     engine.client.send(request, stream=True, auth=engine.auth_for(request, credentials=credentials),
                                        follow_redirects=False),
-                    max(0.0, deadline - loop.time()))
+                    discard=lambda late: late.aclose())
             except asyncio.TimeoutError:
                 release()
                 raise Retry(f"no response within {engine.timeout:g}s") from None
@@ -102,8 +104,10 @@ class Requester:
             if not response.is_redirect:
                 response.stream = ReleasingStream(response.stream, release)  # type: ignore[arg-type]
                 return response
-            await response.aclose()
-            release()
+            try:
+                await response.aclose()
+            finally:
+                release()
             if hops is not None:
                 hops.append(response.headers)  # a redirector may say what the file is (X-Linked-Etag)
             try:

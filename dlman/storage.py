@@ -29,6 +29,7 @@ from typing import TypeVar
 
 import aiofiles.os
 
+from dlman.asynctools import uninterrupted
 from dlman.checksum import Checksum, DigestStopped
 from dlman.errors import ChecksumError, DestinationBusyError, DestinationExistsError, DownloadError, StorageError
 from dlman.naming import part_path, state_path
@@ -313,15 +314,26 @@ class PartFile:
         self._fd: int | None = None
         self._created = False
         self._saving = asyncio.Lock()  # one state write at a time: they share the temp file
+        self.published = False  # the destination name is the file's: nothing of it is partial any more
 
     @property
     def locked(self) -> bool:
         return self._fd is not None
 
     async def lock(self) -> None:
-        """Own the destination: open ``NAME.part`` and hold its lock until ``release``."""
-        try:
+        """Own the destination: open ``NAME.part`` and hold its lock until ``release``.
+
+        A cancel while the opening thread runs waits for it and gives the lock back, so that
+        no descriptor is left holding the destination for the rest of the process.
+        """
+        async def open_and_keep() -> None:
             self._fd, self._created = await _lock(self.part, self.dest)
+
+        try:
+            await uninterrupted(open_and_keep())
+        except asyncio.CancelledError:
+            self.release()
+            raise
         except _Busy:
             raise DestinationBusyError(f"{self.dest} is being downloaded by another transfer; "
                                        "try again when it has finished", path=str(self.dest)) from None
@@ -445,9 +457,13 @@ class PartFile:
                     f"{self.dest}: {checksum.algorithm} checksum mismatch (expected{origin} "
                     f"{checksum.hexdigest}, got {digest}); the bad data was deleted",
                     url=url, path=str(self.dest))
-        try:
+        async def publish() -> None:
             await _rename_into_place(self._fd, self.part, self.dest,
                                      (self.state_file, _temp_state(self.state_file)), overwrite)
+            self.published = True
+
+        try:
+            await uninterrupted(publish())  # a cancel now waits for the rename, then goes on
         except FileExistsError:
             raise DestinationExistsError(
                 f"{self.dest} appeared while downloading; the complete data is kept in {self.part}; "

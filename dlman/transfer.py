@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 
+from dlman.asynctools import uninterrupted
 from dlman.checksum import Checksum, file_digest, parse_checksum
 from dlman.digests import WANT_HEADERS, candidates, disagreement, strongest
 from dlman.errors import (
@@ -443,16 +444,20 @@ class Transfer:
                 raise NetworkError(f"{self.name}: every connection stopped before the end of the file",
                                    url=self.url, path=str(self.path))
         except BaseException:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            if opening is not None:
-                await opening.response.aclose()
-            await saver.stop()
-            await self._save_quietly()
-            self._report()
+            await uninterrupted(self._stop(tasks, opening, saver))
             raise
         return await self._publish()
+
+    async def _stop(self, tasks: list[asyncio.Task[None]], opening: _Opening | None, saver: Saver) -> None:
+        """Stop every connection (each writes what it holds), then the saver, then save once more."""
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if opening is not None:
+            await opening.response.aclose()
+        await saver.stop()
+        await self._save_quietly()
+        self._report()
 
     async def _publish(self) -> DownloadResult:
         part, path = self.part, self.path
@@ -464,7 +469,7 @@ class Transfer:
         try:
             size = await part.finish(size, checksum, self.name, overwrite=self.overwrite, source=source)
         except BaseException as exc:
-            if not isinstance(exc, ChecksumError):  # the data is kept: so is its state
+            if not isinstance(exc, ChecksumError) and not part.published:  # the data is kept: so is its state
                 await self._save_quietly()
             raise
         self._report()
@@ -807,7 +812,7 @@ class Transfer:
     async def _save_quietly(self) -> None:
         """The last save of a download that is stopping: a failure must not hide why it stopped."""
         try:
-            await asyncio.shield(self._save())
+            await uninterrupted(self._save())
         except DownloadError as exc:  # the old state still holds
             log.warning("%s", exc)
 
