@@ -69,6 +69,8 @@ def _check_dest(dest: str | os.PathLike[str]) -> tuple[Path, bool]:
     """The absolute destination and whether it is a directory (existing, or written with a slash)."""
     try:
         text = os.fspath(dest)
+        if "\0" in str(text):
+            raise ValueError("it holds a NUL character")
         target = Path(os.path.abspath(text))
         directory = target.is_dir() or text.endswith(("/", os.sep))
     except (TypeError, ValueError) as exc:  # not a path, or a NUL in it

@@ -18,19 +18,22 @@ MAX_CONNECTIONS = 64
 _RATE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([kKmMgG]?)(?:i?[bB])?(?:/s)?\s*$")
 _UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_FIELD_VALUE = re.compile(r"^[\t\x20-\x7e]*$")  # RFC 9110 field-value, ASCII as httpx sends it
 
 Headers = list[tuple[str, str]]
 HeadersInput = Mapping[str, str] | Iterable[str] | Iterable[tuple[str, str]] | None
 
 
-def parse_rate(text: str | int | None) -> int | None:
+def parse_rate(text: str | float | None) -> int | None:
     """Bytes per second from ``"512K"``, ``"2M"``, ``"1.5G"`` (1024 multiples, as curl and aria2)."""
     if text is None:
         return None
-    if isinstance(text, int):
-        if text <= 0:
+    if isinstance(text, bool) or not isinstance(text, (str, int, float)):
+        raise InvalidInputError(f"invalid rate {text!r}: use bytes per second or a string like '2M'")
+    if isinstance(text, (int, float)):
+        if not 0 < text < 1 << 62:
             raise InvalidInputError(f"rate must be positive, got {text}")
-        return text
+        return max(1, int(text))
     match = _RATE.match(text)
     if not match:
         raise InvalidInputError(f"invalid rate {text!r}: use a number with an optional K, M or G suffix")
@@ -52,6 +55,9 @@ def parse_header(text: str) -> tuple[str, str]:
     value = value.strip()
     if "\r" in value or "\n" in value:
         raise InvalidInputError(f"invalid header {name!r}: the value holds a line break")
+    if not _FIELD_VALUE.match(value):
+        # the value is not repeated: it may be a token pasted with a stray character
+        raise InvalidInputError(f"invalid header {name!r}: the value holds a control or non-ASCII character")
     return name, value
 
 
@@ -77,8 +83,11 @@ def normalise_headers(headers: HeadersInput) -> Headers:
 SECRET_WORDS = ("token", "secret", "passw", "signature", "credential")
 """Any header or parameter whose name says it carries one of these (X-Upload-Token, client_secret)."""
 
-_SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "x-api-key", "api-key"})
-"""Headers that carry credentials under a name that does not say so."""
+_SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "x-api-key", "api-key", "apikey",
+                             "x-goog-api-key", "ocp-apim-subscription-key", "x-auth-key", "x-auth-email",
+                             "x-jfrog-art-api", "private-token", "x-functions-key"})
+"""Headers that carry credentials under a name that does not say so (Google, Azure API Management and
+Functions, Supabase/Kong, Cloudflare, Artifactory, GitLab): whoever holds the value acts as the user."""
 
 AWS_PRESIGNED = frozenset({"x-amz-signature", "x-amz-credential", "x-amz-security-token",
                            "awsaccesskeyid", "signature"})
@@ -106,8 +115,13 @@ API_KEYS = frozenset({"key", "api_key", "apikey", "api-key", "x-api-key", "acces
 PASSWORDS = frozenset({"password", "passwd", "pass", "pwd", "secret", "client_secret"})
 """Passwords and client secrets that some servers accept as parameters."""
 
+CDN_SIGNED = frozenset({"auth_key", "hdnts", "hdnea", "__token__", "md5", "st", "e", "hash", "verify"})
+"""Signed CDN URLs: Alibaba Cloud (auth_key), Akamai token auth (hdnts, hdnea, __token__), nginx's
+secure_link and similar (md5 or hash with st/e expiry), Tencent (sign, verify): a link that works
+for whoever reads it until it expires."""
+
 CREDENTIAL_PARAMETERS = (AWS_PRESIGNED | GOOGLE_SIGNED | CLOUDFRONT_SIGNED | AZURE_SAS | BEARER_TOKENS
-                         | API_KEYS | PASSWORDS)
+                         | API_KEYS | PASSWORDS | CDN_SIGNED)
 """Query (and fragment) parameter names, lower case, whose values are masked wherever a URL is shown."""
 
 MASK = "***"
@@ -217,6 +231,14 @@ def check_url(url: str) -> str:
         raise InvalidInputError(f"invalid URL {mask_url(url)!r}: expected http:// or https:// with a host")
     if any(ch.isspace() for ch in url.strip()):
         raise InvalidInputError(f"invalid URL {mask_url(url)!r}: it contains whitespace")
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in url):
+        raise InvalidInputError(f"invalid URL {mask_url(url)!r}: it contains a control character")
+    import httpx  # here, not at the top: the command line starts without it
+
+    try:
+        httpx.URL(url.strip()).host  # the host is decoded lazily: an IDNA label httpx refuses, say
+    except (httpx.InvalidURL, UnicodeError, ValueError) as exc:
+        raise InvalidInputError(f"invalid URL {mask_url(url)!r}: {exc}") from None
     return url.strip()
 
 

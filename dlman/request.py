@@ -122,14 +122,19 @@ class Requester:
         """The request for ``url``, and whether it may carry the user's credentials.
 
         On another origin than the first URL's, every credential-bearing header goes,
-        the client's own defaults included; cookies from a cookie jar stay, since the jar
-        matches them to their domains.
+        the client's own defaults included; then the cookie jar adds back the cookies of that
+        domain, since the jar matches them to their domains.
         """
         credentials = self.mirrors.credentials(url)
-        request = self.engine.client.build_request("GET", url, headers=self.headers(url, extra))
+        client = self.engine.client
+        try:
+            request = client.build_request("GET", url, headers=self.headers(url, extra))
+        except (httpx.InvalidURL, UnicodeError, ValueError) as exc:  # a redirect to a URL httpx refuses
+            raise SourceGone(ProtocolError(f"{mask_url(url)}: cannot be requested ({exc})", url=url)) from None
         if not credentials:
-            for name in [n for n in request.headers if is_credential_header(n) and n.lower() != "cookie"]:
+            for name in [n for n in request.headers if is_credential_header(n)]:
                 del request.headers[name]
+            client.cookies.set_cookie_header(request)
         return request, credentials
 
     def headers(self, url: str, extra: dict[str, str]) -> httpx.Headers:

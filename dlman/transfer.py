@@ -298,7 +298,7 @@ class Transfer:
         self.sources = dict(state.sources)
         self.reference = state.reference
         validators = state.sources.get(state.reference or "", Validators())
-        self.remote = RemoteFile(state.size, True, validators, None)
+        self.remote = RemoteFile(state.size, True, validators, state.encoding)
         self.plan = SegmentPlan(state.size, state.missing, min_segment=self.engine.min_segment)
         self.plan.split_evenly(self.connections)
         log.info("%s: resuming %s at %d of %d bytes", self.name, self.path, self.plan.downloaded, state.size)
@@ -806,7 +806,8 @@ class Transfer:
             await receiver.flush()
         server = self.expected if self.expected and self.expected[1] != "given" else None
         state = ResumeState(self.name, self.plan.size, self.plan.missing(), dict(self.sources), self.reference,
-                            str(server[0]) if server else None, server[1] if server else None)
+                            str(server[0]) if server else None, server[1] if server else None,
+                            self.remote.encoding)
         await self.part.save_state(state)
 
     async def _save_quietly(self) -> None:
