@@ -279,6 +279,11 @@ class Transfer:
         if part.size_on_disk() < claimed_end:
             log.warning("%s: resume state claims more than is on disk; starting over", part.state_file)
             return None
+        if not state.missing and not any(source_key(m.url) in state.sources for m in self.mirrors.all):
+            # nothing left to ask for, so nothing would prove that these URLs serve those bytes
+            log.warning("%s: the data is complete but was fetched from other URLs; starting over",
+                        part.state_file)
+            return None
         return state
 
     def _state_fits(self, state: ResumeState, response: httpx.Response, remote: RemoteFile) -> bool:
