@@ -228,6 +228,36 @@ def _server_digest() -> None:
     transfer.strongest = lambda found: None
 
 
+def _publish_by_name() -> None:
+    from dlman import storage
+    storage._link_open_file = lambda fd, part, target: storage.os.link(part, target, follow_symlinks=False)
+
+
+def _uninformative_probe() -> None:
+    from dlman import transfer
+    transfer.informative = lambda data: len(data) > 0
+
+
+def _trust_unconfirmed_206() -> None:
+    from dlman import remote, transfer
+    from dlman.remote import RangeAsk
+
+    def no_if_range_check(answer, ask, remote_file, known):  # type: ignore[no-untyped-def]
+        return real(answer, RangeAsk(ask.start, ask.end, None, ask.data_from), remote_file, known) \
+            if answer.status == 206 else real(answer, ask, remote_file, known)
+    real = remote.judge_range
+    transfer.judge_range = no_if_range_check
+
+
+def _interruptible_cleanup() -> None:
+    from dlman import storage, transfer
+
+    async def plain(coroutine):  # type: ignore[no-untyped-def]
+        return await coroutine
+    transfer.uninterrupted = plain
+    storage.uninterrupted = plain
+
+
 def _save_retry() -> None:
     from dlman import saver
     saver.SAVE_FAILURES = 1
@@ -333,6 +363,20 @@ CATALOGUE: tuple[Sabotage, ...] = (
              _server_digest,
              ("tests/test_digests.py::test_a_server_digest_that_does_not_match_fails_and_deletes_the_data",
               "tests/test_digests.py::test_the_digest_is_kept_for_the_resume")),
+    Sabotage("publish-by-fd", "the file published is the locked, verified one, not whatever NAME.part names",
+             _publish_by_name,
+             ("tests/test_hostile_edges.py::test_a_file_renamed_over_the_part_file_is_never_published",)),
+    Sabotage("informative-probe", "a new source is proven by bytes that can tell two files apart",
+             _uninformative_probe,
+             ("tests/test_hostile_edges.py::test_a_mirror_is_proven_by_bytes_that_can_tell_the_files_apart",)),
+    Sabotage("if-range-confirmed", "a 206 to If-Range must carry the validator, else the bytes prove it",
+             _trust_unconfirmed_206,
+             ("tests/test_hostile_edges.py::test_a_206_without_validators_to_an_if_range_request_is_not_trusted",)),
+    Sabotage("uninterrupted-cleanup", "cleanup, the last save and publishing finish under repeated cancels",
+             _interruptible_cleanup,
+             ("tests/test_hostile_edges.py::test_a_download_cancelled_by_an_anyio_cancel_scope_leaves_no_task_behind",
+              "tests/test_hostile_edges.py::test_a_cancel_while_publishing_leaves_no_stray_state",
+              "tests/test_hostile_edges.py::test_a_download_cancelled_as_it_starts_releases_its_destination")),
     Sabotage("save-retry", "a failed state save is retried, not fatal", _save_retry,
              (N + "test_a_failed_save_is_retried_and_later_saves_go_on",)),
     Sabotage("download-roots", "dir and out from the network stay inside the download roots, symlinks included",
