@@ -66,6 +66,7 @@ from dlman.storage import PartFile, stoppable
 
 if TYPE_CHECKING:
     from dlman.engine import Engine
+    from dlman.ratelimit import RateLimiter
 
 log = logging.getLogger("dlman")
 
@@ -134,8 +135,10 @@ class Transfer:
 
     def __init__(self, engine: "Engine", urls: list[str], dest: Path, *, directory: bool,
                  connections: int, headers: Headers, checksum: Checksum | None,
-                 overwrite: bool, on_progress: Callable[[Progress], None] | None) -> None:
+                 overwrite: bool, on_progress: Callable[[Progress], None] | None,
+                 limiter: RateLimiter | None = None) -> None:
         self.engine = engine
+        self.limiter = limiter or engine.limiter  # this download's own (within the engine's), or the engine's
         self.mirrors = Mirrors(urls, headers)
         self.url = urls[0]
         self.name = mask_url(self.url)
@@ -610,7 +613,7 @@ class Transfer:
         """Stream an accepted body into ``segment``; returns how many ``expect`` bytes it confirmed."""
         assert self.part is not None
         receiver = Receiver(self.part, segment, flush_bytes=self.flush_bytes, timeout=self.engine.timeout,
-                            limiter=self.engine.limiter)
+                            limiter=self.limiter)
         before = segment.pos
         segment.reach = verdict.end
         self.receivers.add(receiver)
