@@ -5,7 +5,11 @@ TAB-separated fields (domain, include subdomains, path, secure, expiry, name, va
 comments, and ``#HttpOnly_`` before the domain of an HttpOnly cookie. Reading and writing are
 pure; the jar they fill is the standard library's, whose policy keeps each cookie to its domain,
 path, scheme (secure) and lifetime. One rule is made stricter here: a host-only cookie (include
-subdomains FALSE) goes to its own host only, never to that host's subdomains.
+subdomains FALSE) goes to exactly its own host, never to that host's subdomains.
+
+The jar works through the engine's event hooks (``engine_options``), not as the client's cookie
+jar: httpx copies a client's cookies into a jar of the standard policy for every request, which
+would send a host-only cookie to subdomains too (and one of ``localhost`` nowhere).
 """
 
 from __future__ import annotations
@@ -116,6 +120,33 @@ class HostOnlyPolicy(DefaultCookiePolicy):
         if not cookie.domain_specified and not cookie.domain_initial_dot:
             return cookie.domain.lower() in eff_request_host(request)
         return bool(super().return_ok_domain(cookie, request))
+
+
+class _Never(DefaultCookiePolicy):
+    """Keeps and sends nothing: the engine client's own jar stays out of the way of ours."""
+
+    def set_ok(self, cookie: Cookie, request: Any) -> bool:
+        return False
+
+    def return_ok(self, cookie: Cookie, request: Any) -> bool:
+        return False
+
+
+def engine_options(jar: CookieJar) -> dict[str, Any]:
+    """Engine options that send ``jar``'s cookies with every request (redirect hops and mirrors
+    included, each by the jar's own rules) and keep the cookies servers set in it."""
+    import httpx
+
+    cookies = httpx.Cookies(jar)  # a view of the same jar, with httpx's adapters for requests
+
+    async def send(request: httpx.Request) -> None:
+        if "cookie" not in request.headers:  # a Cookie header the user gave wins
+            cookies.set_cookie_header(request)
+
+    async def keep(response: httpx.Response) -> None:
+        cookies.extract_cookies(response)
+
+    return {"cookies": CookieJar(policy=_Never()), "event_hooks": {"request": [send], "response": [keep]}}
 
 
 def make_jar(cookies: Iterable[Cookie] = ()) -> CookieJar:

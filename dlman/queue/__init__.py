@@ -79,10 +79,13 @@ def _engine_maker(factory: Callable[..., Any], live: Mapping[str, Any]) -> Calla
         load, save = options.pop("load_cookies", None), options.pop("save_cookies", None)
         if not (load or save):
             return factory(**options)
-        from dlman.cookies import load_jar, make_jar
+        from dlman.cookies import engine_options, load_jar, make_jar
 
         jar = load_jar(load) if load else make_jar()
-        options["cookies"] = jar
+        with_jar = engine_options(jar)
+        hooks = {name: list(with_jar["event_hooks"][name]) + list((options.get("event_hooks") or {}).get(name, []))
+                 for name in ("request", "response")}
+        options.update(cookies=with_jar["cookies"], event_hooks=hooks)
         engine = factory(**options)
         return _saving_cookies(engine, jar, save) if save else engine
 
