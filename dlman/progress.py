@@ -206,7 +206,7 @@ class Speed:
         if self.samples and done < self.samples[-1][1]:
             self.samples.clear()  # started over
         self.samples.append((now, done))
-        while len(self.samples) > 2 and now - self.samples[1][0] >= self.WINDOW:
+        while len(self.samples) > 2 and now - self.samples[0][0] > self.WINDOW:
             self.samples.popleft()
         first_time, first_done = self.samples[0]
         return (done - first_done) / (now - first_time) if now > first_time else None
