@@ -173,7 +173,7 @@ def default_map(path: Path, text: str, values: Mapping[str, Any],
             for command_name, option in targets[key]:
                 result[command_name][option.name or ""] = _check_value(option, by_name[command_name], value)
         except (ValueError, click.BadParameter) as error:
-            message = error.format_message() if isinstance(error, click.ClickException) else str(error)
+            message = error.message if isinstance(error, click.ClickException) else str(error)
             problems.append(f"{where}: bad value for '{key}': {message}")
     if problems:
         raise ConfigError(problems)
