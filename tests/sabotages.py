@@ -129,6 +129,19 @@ def _give_back() -> None:
     SegmentPlan.give_back = release_only
 
 
+def _reprove_after_refollow() -> None:
+    from dlman import transfer
+    real = transfer.Transfer._act
+
+    async def keep_verified(self, verdict, mirror, response, answer, *, pinned, key=None):  # type: ignore[no-untyped-def]
+        verified = set(self._verified)
+        try:
+            await real(self, verdict, mirror, response, answer, pinned=pinned, key=key)
+        finally:
+            self._verified |= verified
+    transfer.Transfer._act = keep_verified
+
+
 def _credentials_origin() -> None:
     from dlman import mirrors
     mirrors.allows_credentials = lambda url, credentials_origin: True
@@ -154,8 +167,8 @@ def _checksum() -> None:
 
 
 def _identity() -> None:
-    from dlman.transfer import Transfer
-    real = Transfer._headers
+    from dlman.request import Requester
+    real = Requester.headers
 
     def as_asked(self, url, extra):  # type: ignore[no-untyped-def]
         headers = real(self, url, extra)
@@ -163,7 +176,7 @@ def _identity() -> None:
             if name.lower() == "accept-encoding":
                 headers["Accept-Encoding"] = value
         return headers
-    Transfer._headers = as_asked
+    Requester.headers = as_asked
 
 
 def _weak_dates() -> None:
@@ -216,8 +229,8 @@ def _server_digest() -> None:
 
 
 def _save_retry() -> None:
-    from dlman import transfer
-    transfer.SAVE_FAILURES = 1
+    from dlman import saver
+    saver.SAVE_FAILURES = 1
 
 
 def _cookie_host_only() -> None:
@@ -301,6 +314,9 @@ CATALOGUE: tuple[Sabotage, ...] = (
              (N + "test_a_connection_out_of_retries_hands_back_its_work",)),
     Sabotage("give-back", "a refused takeover goes back to the connection still streaming its range",
              _give_back, ("tests/test_presigned.py::test_running_connections_finish_after_the_url_expired",)),
+    Sabotage("reprove-after-refollow", "a redirect followed again must lead to a server that proves itself",
+             _reprove_after_refollow,
+             (N + "test_a_redirect_followed_again_to_another_server_must_prove_it_serves_the_same_file",)),
     Sabotage("credentials-origin", "credential headers go only to their own origin", _credentials_origin,
              (N + "test_credentials_go_only_to_the_origin_they_were_given_for",)),
     Sabotage("pinning", "a redirect's final URL is pinned for the attempt", _pinning,
