@@ -18,9 +18,10 @@ import os
 import tempfile
 import time
 from collections.abc import Iterable
-from http.cookiejar import Cookie, CookieJar, DefaultCookiePolicy, eff_request_host
+from http.cookiejar import Cookie, CookieJar, DefaultCookiePolicy
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from dlman.errors import InvalidInputError
 
@@ -89,7 +90,7 @@ def parse_cookies(text: str, source: str, *, now: float | None = None) -> list[C
         except ValueError as error:
             problems.append(f"{source}:{number}: {error}")
             continue
-        if not cookie.is_expired(now):
+        if not cookie.is_expired(int(now)):
             cookies.append(cookie)
     if problems:
         raise CookieFileError(problems)
@@ -118,7 +119,9 @@ class HostOnlyPolicy(DefaultCookiePolicy):
 
     def return_ok_domain(self, cookie: Cookie, request: Any) -> bool:
         if not cookie.domain_specified and not cookie.domain_initial_dot:
-            return cookie.domain.lower() in eff_request_host(request)
+            host = (urlsplit(request.get_full_url()).hostname or "").lower()
+            # ``HOST.local``: how the standard library records a host-only cookie a dotless host set.
+            return cookie.domain.lower() in (host, host + ".local")
         return bool(super().return_ok_domain(cookie, request))
 
 

@@ -94,7 +94,7 @@ _PARK = "\r\x1b[J"
 """Column 0 of the first bar line, everything from there down erased: where the next line belongs."""
 
 
-def _bar_class() -> type:
+def _bar_class() -> Any:
     """``_Bar``, made on first use: tqdm is imported only when bars are drawn."""
     global _Bar
     if _Bar is None:

@@ -14,6 +14,7 @@ Where each rule lives:
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import json
 import logging
@@ -281,14 +282,14 @@ class Queue:
         if missing:
             raise InvalidInputError(f"no job with id {', '.join(map(str, missing))}")
 
-    def _require(self, ids: Sequence[int]) -> list[Job]:
+    def _require(self, ids: Sequence[int]) -> builtins.list[Job]:
         jobs = self.get_many(ids)
         self.check_ids([i for i in ids if i not in jobs])
         return [jobs[i] for i in ids]
 
     # -- what users ask for: the owner of an active row hears of it on its next heartbeat ----
 
-    def pause(self, *ids: int, wait: float = 5.0) -> list[Job]:
+    def pause(self, *ids: int, wait: float = 5.0) -> builtins.list[Job]:
         """Pause queued and active jobs; wait (up to ``wait`` s) until active ones have stopped."""
         self.check_ids(ids)
         with self._store.transaction() as conn:
@@ -297,7 +298,7 @@ class Queue:
         self._wait_released(ids, wait)
         return self._require(ids)
 
-    def resume(self, *ids: int, url: str | Sequence[str] | None = None) -> list[Job]:
+    def resume(self, *ids: int, url: str | Sequence[str] | None = None) -> builtins.list[Job]:
         """Put paused, failed or interrupted jobs back to ``queued`` (done and active ones are left).
 
         A job whose owner has not yet stopped for a pause stays with that owner, which
