@@ -10,7 +10,6 @@ first; the queue, the engine (httpx, asyncio) and tqdm are imported by the comma
 
 from __future__ import annotations
 
-import functools
 import os
 import signal
 import sys

@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from dlman import queue as queue_module
 from dlman.cli import cli
 from dlman.progress import JsonDisplay, Speed, eta
 from dlman.queue import Job, NewJob, Outcome, Queue
