@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import logging
 import os
@@ -135,11 +136,11 @@ def test_the_listing_is_written_as_it_is_read(cli_home, monkeypatch, args) -> No
     with Queue(cli_home) as queue:
         queue.add_many([NewJob((f"http://h/{i}",), "/d", True, None, {}) for i in range(1200)])
 
-    def pages(self, state):  # type: ignore[no-untyped-def]
-        yield from real(self, state)[:1000]
-        raise RuntimeError("the disk went away")
-    real = lambda self, state: list(original(self, state))  # noqa: E731
     original = Queue._pages
+
+    def pages(self, state):  # type: ignore[no-untyped-def]
+        yield from itertools.islice(original(self, state), 1000)
+        raise RuntimeError("the disk went away")
     monkeypatch.setattr(Queue, "_pages", pages)
     result = CliRunner().invoke(cli, ["--home", str(cli_home), *args])
     assert result.exit_code == 1 and "the disk went away" in result.stderr
