@@ -275,6 +275,37 @@ def _list_streams() -> None:
     Queue.iter_jobs = lambda self, state=None: iter(list(real(self, state)))  # type: ignore[method-assign]
 
 
+def _download_roots() -> None:
+    from dlman.server import paths, service
+
+    def anywhere(roots, directory, out):  # type: ignore[no-untyped-def]
+        import os
+        real = os.path.abspath(os.path.join(roots[0], directory or "."))
+        return real, out
+    paths.place = anywhere
+    service.place = anywhere
+
+
+def _rpc_token() -> None:
+    from dlman.server import jsonrpc, security
+    security.token_ok = lambda given, secret: True
+    jsonrpc.token_ok = security.token_ok
+
+
+def _web_origins() -> None:
+    from dlman.server import security
+    security.origin_allowed = lambda headers, allowed: True
+    security.host_allowed = lambda host, loopback: True
+
+
+def _auth_delay() -> None:
+    from dlman.server import app
+
+    async def at_once(self):  # type: ignore[no-untyped-def]
+        return None
+    app.Throttle.failed = at_once
+
+
 E = "tests/test_engine.py::"
 N = "tests/test_never_wrong.py::"
 H = "tests/test_proof_hostile.py::"
@@ -358,6 +389,17 @@ CATALOGUE: tuple[Sabotage, ...] = (
     Sabotage("list-streams", "a listing is written as it is read", _list_streams,
              ("tests/test_cli_output.py::test_the_listing_is_written_as_it_is_read",
               "tests/test_cli_output.py::test_a_listing_of_100000_jobs_starts_within_a_second")),
+    Sabotage("download-roots", "dir and out from the network stay inside the download roots, symlinks included",
+             _download_roots,
+             ("tests/test_server.py::test_download_roots_symlinks_and_no_overwrite",
+              "tests/test_server_units.py::test_download_roots")),
+    Sabotage("rpc-token", "every aria2 call but system.list* carries the secret token", _rpc_token,
+             ("tests/test_server.py::test_token_right_wrong_missing_and_in_multicall",
+              "tests/test_server_units.py::test_dispatcher_token_rules")),
+    Sabotage("web-origins", "requests from foreign web origins and rebinding host names are refused", _web_origins,
+             ("tests/test_server.py::test_cors_preflight_origins_and_hosts",)),
+    Sabotage("auth-delay", "a refused token is answered late, one at a time", _auth_delay,
+             ("tests/test_server.py::test_token_right_wrong_missing_and_in_multicall",)),
 )
 
 
