@@ -742,6 +742,16 @@ def remove(settings: Settings, ids: tuple[int, ...], delete: bool) -> None:
         settings.say(f"removed job {job_id}")
 
 
+def _add_serve() -> None:
+    """``dlman serve``: its command imports none of the web stack until it runs."""
+    from dlman.server.command import serve
+
+    cli.add_command(serve, "serve")
+
+
+_add_serve()
+
+
 def _bind_environment() -> None:
     from dlman.config import bind_environment
 

@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-HEAVY = ("httpx", "httpcore", "h2", "asyncio", "tqdm", "sqlite3", "dlman.engine", "dlman.queue", "aiofiles")
+HEAVY = ("httpx", "httpcore", "h2", "asyncio", "tqdm", "sqlite3", "dlman.engine", "dlman.queue", "aiofiles",
+         "starlette", "uvicorn", "websockets")
 
 PROBE = """
 import json, sys
@@ -29,7 +30,8 @@ def loaded(*args: str) -> list[str]:
     return json.loads(done.stderr.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("args", [["--version"], ["--help"], ["add", "--help"], ["list", "--help"]])
+@pytest.mark.parametrize("args", [["--version"], ["--help"], ["add", "--help"], ["list", "--help"],
+                                  ["serve", "--help"]])
 def test_version_and_help_import_nothing_heavy(args: list[str]) -> None:
     assert loaded(*args) == []
 
