@@ -263,6 +263,48 @@ def _save_retry() -> None:
     saver.SAVE_FAILURES = 1
 
 
+def _cookie_host_only() -> None:
+    from http.cookiejar import DefaultCookiePolicy
+
+    from dlman.cookies import HostOnlyPolicy
+    HostOnlyPolicy.return_ok_domain = DefaultCookiePolicy.return_ok_domain  # type: ignore[method-assign]
+
+
+def _ca_stored() -> None:
+    from dlman import cli
+    cli._ca_from_environment = lambda: None
+
+
+def _max_speed() -> None:
+    from dlman.engine import Engine
+    real = Engine.download
+
+    async def unlimited(self, url, dest=".", **options):  # type: ignore[no-untyped-def]
+        options.pop("max_speed", None)
+        return await real(self, url, dest, **options)
+    Engine.download = unlimited  # type: ignore[method-assign]
+
+
+def _hook_no_shell() -> None:
+    import subprocess
+
+    from dlman import hooks
+
+    class Shell:
+        DEVNULL = subprocess.DEVNULL
+
+        @staticmethod
+        def run(argv, **kwargs):  # type: ignore[no-untyped-def]
+            return subprocess.run(" ".join(argv), shell=True, **kwargs)
+    hooks.subprocess = Shell  # type: ignore[assignment]
+
+
+def _list_streams() -> None:
+    from dlman.queue import Queue
+    real = Queue.iter_jobs
+    Queue.iter_jobs = lambda self, state=None: iter(list(real(self, state)))  # type: ignore[method-assign]
+
+
 def _download_roots() -> None:
     from dlman.server import paths, service
 
@@ -379,6 +421,18 @@ CATALOGUE: tuple[Sabotage, ...] = (
               "tests/test_hostile_edges.py::test_a_download_cancelled_as_it_starts_releases_its_destination")),
     Sabotage("save-retry", "a failed state save is retried, not fatal", _save_retry,
              (N + "test_a_failed_save_is_retried_and_later_saves_go_on",)),
+    Sabotage("cookie-host-only", "a host-only cookie goes to exactly its own host", _cookie_host_only,
+             ("tests/test_cookies.py::test_a_host_only_cookie_goes_to_exactly_its_host",
+              "tests/test_cookies.py::test_cookies_from_a_file_go_to_their_own_host_only")),
+    Sabotage("ca-stored", "the CA bundle in force at add is stored with the job", _ca_stored,
+             ("tests/test_cli_jobs.py::test_ssl_cert_file_at_add_later_is_used_by_a_later_run",)),
+    Sabotage("max-speed", "--max-speed limits its own download", _max_speed,
+             ("tests/test_cli_jobs.py::test_max_speed_limits_its_own_download_only",)),
+    Sabotage("hook-no-shell", "hooks run without a shell", _hook_no_shell,
+             ("tests/test_hooks.py::test_hooks_get_the_job_and_never_a_shell",)),
+    Sabotage("list-streams", "a listing is written as it is read", _list_streams,
+             ("tests/test_cli_output.py::test_the_listing_is_written_as_it_is_read",
+              "tests/test_cli_output.py::test_a_listing_of_100000_jobs_starts_within_a_second")),
     Sabotage("download-roots", "dir and out from the network stay inside the download roots, symlinks included",
              _download_roots,
              ("tests/test_server.py::test_download_roots_symlinks_and_no_overwrite",

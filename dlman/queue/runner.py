@@ -301,10 +301,10 @@ class Runner:
         if error is None:
             result = task.result()
             fields.update(dest=str(result.path), dest_is_dir=0, bytes_done=result.size, total_bytes=result.size,
-                          error=None)
+                          error=None, digest=result.checksum, digest_source=result.checksum_source)
             await self._db(self.queue.settle, self.owner, job.id, "done", **fields)
             self._ended(Outcome(job.id, "done", job.url, path=str(result.path), size=result.size,
-                                skipped=result.skipped))
+                                skipped=result.skipped, digest=result.checksum, digest_source=result.checksum_source))
             return False
         if isinstance(error, DownloadError):
             message = redact(str(error))
