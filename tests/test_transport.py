@@ -543,36 +543,74 @@ def h2_connection(c: httpx.AsyncClient) -> typing.Any:
     return connection._connection
 
 
-def test_http2_pool_is_the_cancelling_one_unless_internals_differ(
+class _Negotiated:
+    """A stream as ``_HTTPConnection._speak`` sees it: only its ALPN choice matters."""
+
+    def __init__(self, alpn: str) -> None:
+        self.alpn = alpn
+
+    def get_extra_info(self, info: str) -> typing.Any:
+        return self if info == "ssl_object" else None
+
+    def selected_alpn_protocol(self) -> str:
+        return self.alpn
+
+
+def test_pool_speaks_through_our_connections_unless_internals_differ(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import httpcore
 
-    assert tr.cancelling_http2_available()
-    pool = tr.make_transport(limits=LIMITS, http2=True)._pool  # type: ignore[attr-defined]
-    assert isinstance(pool, tr._CancellingPool)
-    assert type(tr.make_transport(limits=LIMITS)._pool) is httpcore.AsyncConnectionPool  # type: ignore[attr-defined]
+    assert tr.cancelling_http2_available() and tr.fast_body_available()
+    for http2 in (False, True):
+        assert isinstance(tr.make_transport(limits=LIMITS, http2=http2)._pool, tr._Pool)  # type: ignore[attr-defined]
+    origin = httpcore.Origin(b"https", b"example.invalid", 443)
+    connection = tr._HTTPConnection(origin=origin, http1=True, http2=True)
+
+    def speaks(alpn: str) -> type:
+        return type(connection._speak(_Negotiated(alpn)))  # type: ignore[arg-type]
+
+    assert speaks("h2") is tr.CancellingHTTP2Connection
+    assert speaks("http/1.1") is tr._FastHTTP11Connection
     monkeypatch.setattr(tr, "cancelling_http2_available", lambda: False)
-    pool = tr.make_transport(limits=LIMITS, http2=True)._pool  # type: ignore[attr-defined]
-    assert type(pool) is httpcore.AsyncConnectionPool
+    assert speaks("h2") is httpcore.AsyncHTTP2Connection
+    monkeypatch.setattr(tr, "fast_body_available", lambda: False)
+    assert speaks("http/1.1") is httpcore.AsyncHTTP11Connection
+    assert type(tr.make_transport(limits=LIMITS, http2=True)._pool) is httpcore.AsyncConnectionPool  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize("owner, name", [
-    ("httpcore.AsyncHTTP2Connection", "_response_closed"),
-    ("httpcore.AsyncHTTP2Connection", "_receive_stream_event"),
-    ("httpcore.AsyncHTTP2Connection", "_write_outgoing_data"),
-    ("httpcore.AsyncHTTPConnection", "_connect"),
-    ("h2.connection.H2Connection", "reset_stream"),
+@pytest.fixture
+def clear_checks() -> typing.Iterator[typing.Callable[[], None]]:
+    """Forget the cached answers of the internals checks (also after the test)."""
+    def clear() -> None:
+        for check in (tr.connection_internals_available, tr.cancelling_http2_available,
+                      tr.fast_body_available):
+            check.cache_clear()
+    clear()
+    yield clear
+    clear()
+
+
+@pytest.mark.parametrize("check, owner, name", [
+    ("cancelling_http2_available", "httpcore.AsyncHTTP2Connection", "_response_closed"),
+    ("cancelling_http2_available", "httpcore.AsyncHTTP2Connection", "_receive_stream_event"),
+    ("cancelling_http2_available", "httpcore.AsyncHTTP2Connection", "_write_outgoing_data"),
+    ("cancelling_http2_available", "httpcore.AsyncHTTPConnection", "_connect"),
+    ("cancelling_http2_available", "h2.connection.H2Connection", "reset_stream"),
+    ("fast_body_available", "httpcore.AsyncHTTPConnection", "_connect"),
+    ("fast_body_available", "h11._receivebuffer.ReceiveBuffer", "maybe_extract_at_most"),
 ])
-def test_cancelling_http2_checks_the_internals_it_relies_on(
-    monkeypatch: pytest.MonkeyPatch, owner: str, name: str
+def test_our_connections_check_the_internals_they_rely_on(
+    monkeypatch: pytest.MonkeyPatch, clear_checks: typing.Callable[[], None], check: str, owner: str,
+    name: str,
 ) -> None:
     import importlib
 
     module, _, cls = owner.rpartition(".")
     target = getattr(importlib.import_module(module), cls)
-    available = tr.cancelling_http2_available.__wrapped__  # the uncached check
+    available = getattr(tr, check)
     assert available()
+    clear_checks()
     monkeypatch.delattr(target, name)
     assert not available()
 
