@@ -42,6 +42,11 @@ class Mismatch(Exception):
 class BodyReader(Protocol):
     """A body that can be read into the caller's memory (``transport.BodyReader``)."""
 
+    @property
+    def remaining(self) -> int:
+        """Body bytes not read yet."""
+        ...
+
     async def readinto(self, view: memoryview) -> int:
         """Fill the start of ``view``; 0 when the rest must come from iterating the body."""
         ...
@@ -157,7 +162,7 @@ class Receiver:
                 if want <= 0:
                     # A body that ends where the segment does is read to its end, so that its
                     # connection goes back to the pool; any other is cut as soon as it is full.
-                    return checked, segment.end != body_end
+                    return checked, segment.end != body_end or reader.remaining > 0
             if self.limiter is not None:
                 want = min(want, LIMITED_READ)
             view = self._free(want)
