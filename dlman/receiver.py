@@ -174,6 +174,12 @@ class Receiver:
                     raise Mismatch()
                 checked += size
             else:
+                # A takeover may have cut the segment while the read was in flight.
+                room = min(segment.end, limit) - segment.received
+                if size > room:
+                    if room > 0:
+                        await self._landed(room)
+                    return checked, True
                 await self._landed(size)
                 if self.limiter is not None:
                     await self.limiter.acquire(size)
@@ -199,27 +205,35 @@ class Receiver:
             # As in _read_fast: a body ending with the segment is read to its end, any other cut.
             if size > room or (size == room and segment.end != body_end):
                 if room > 0:
-                    await self._copy_in(chunk, room)
+                    await self._copy_in(chunk, room, limit)
                 break
-            await self._copy_in(chunk, size)
+            if await self._copy_in(chunk, size, limit) < size:
+                break
             if self.limiter is not None:
                 await self.limiter.acquire(size)
             watchdog.feed(size)
         return checked
 
-    async def _copy_in(self, chunk: bytes, size: int) -> None:
-        """Put the first ``size`` bytes of ``chunk`` into the buffer (it may fill more than one)."""
+    async def _copy_in(self, chunk: bytes, size: int, limit: int) -> int:
+        """Put the first ``size`` bytes of ``chunk`` into the buffer (it may fill more than one);
+        how many went in: fewer when a takeover cut the segment while a full buffer was written."""
+        segment = self.segment
         data = memoryview(chunk)
         done = 0
         while done < size:
-            view = self._free(size - done)
+            room = min(segment.end, limit) - segment.received
+            if room <= 0:
+                break
+            view = self._free(min(size - done, room))
             count = len(view)
             view[:] = data[done:done + count]
             done += count
             await self._landed(count)
+        return done
 
     def _free(self, most: int) -> memoryview:
-        """The free end of the buffer being filled, at most ``most`` bytes (never empty)."""
+        """The free end of the buffer being filled, at most ``most`` (> 0) bytes, never empty:
+        a full buffer is swapped for the other one as soon as it is full (``_start_write``)."""
         if self._buffer is None:
             self._buffer = POOL.take(self.flush_bytes)
             self._view = memoryview(self._buffer)

@@ -8,7 +8,7 @@ the chunks one ``readinto`` at a time, never more than the view it is given.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -42,8 +42,9 @@ class Reader:
     0 at the end, after which the iterated body (empty) takes over."""
 
     def __init__(self, chunks: list[bytes], clock: Clock | None = None, step: float = 0.0,
-                 gate: asyncio.Event | None = None) -> None:
+                 gate: asyncio.Event | None = None, during: Callable[[int], None] | None = None) -> None:
         self.chunks = [memoryview(c) for c in chunks]
+        self.during = during  # called with the read's number while it is in flight
         self.clock, self.step, self.gate = clock, step, gate
         self.views: list[int] = []
         self._fresh = True
@@ -55,6 +56,8 @@ class Reader:
     async def readinto(self, view: memoryview) -> int:
         self.views.append(len(view))
         await asyncio.sleep(0)
+        if self.during is not None:
+            self.during(len(self.views))
         if not self.chunks:
             if self.gate is not None:
                 await self.gate.wait()
@@ -279,3 +282,43 @@ def test_reads_fill_the_free_end_of_the_buffer_and_writes_take_whole_buffers(tmp
     views = run(main())
     assert writes == [(0, 1, 1000), (1000, 1, 1000), (2000, 1, 500)]
     assert max(views) <= 1000 and views[-1] == 100   # the last read asks only for what the segment lacks
+
+
+def test_a_takeover_while_a_read_is_in_flight_never_lets_bytes_past_the_new_end(tmp_path):
+    """Another connection cuts the segment at 150 while the second read is under way: of the
+    300 bytes it brings, only the 50 below the cut are kept, and the body is cut there."""
+    segment = Segment(0, 1000, 0)
+
+    def take_over(read: int) -> None:
+        if read == 2:
+            segment.end = 150
+
+    async def main() -> bytes:
+        part = await part_in(tmp_path)
+        reader = Reader([b"a" * 100, b"b" * 300, b"c" * 300], during=take_over)
+        await Receiver(part, segment, flush_bytes=1000, timeout=30).receive(nothing(), 1000, reader=reader)
+        assert len(reader.views) == 2  # nothing read after the cut
+        return part.part.read_bytes()
+    assert run(main()) == b"a" * 100 + b"b" * 50
+    assert segment.pos == segment.received == 150
+
+
+def test_a_takeover_while_a_chunk_is_copied_in_never_lets_bytes_past_the_new_end(tmp_path, monkeypatch):
+    """An iterated chunk larger than the free buffer goes in piece by piece, with a write between
+    the pieces: a takeover during that write is honoured for the rest of the chunk."""
+    segment = Segment(0, 1000, 0)
+    original = PartFile.write
+
+    async def taken_over(self, offset, chunks):  # type: ignore[no-untyped-def]
+        if segment.end == 1000:  # as a takeover does: never below what was received
+            segment.end = segment.received + 10
+        await original(self, offset, chunks)
+    monkeypatch.setattr(PartFile, "write", taken_over)
+
+    async def main() -> bytes:
+        part = await part_in(tmp_path)
+        await Receiver(part, segment, flush_bytes=64, timeout=30).receive(body([b"x" * 300, b"y" * 300]), 1000)
+        return part.part.read_bytes()
+    data = run(main())
+    assert segment.end < 300 and data == b"x" * segment.end
+    assert segment.pos == segment.end
