@@ -40,8 +40,6 @@ import sys
 import typing
 
 import h11
-import h11._readers
-import h11._receivebuffer
 import httpcore
 import httpx
 
@@ -52,6 +50,12 @@ try:
     import h2.exceptions
 except ImportError:  # pragma: no cover - httpx[http2] brings it; without it there is no h2
     h2 = None  # type: ignore[assignment]
+
+try:  # h11's internals that the fast body path reads (fast_body_available checks them)
+    from h11._readers import ContentLengthReader as _ContentLengthReader
+    from h11._receivebuffer import ReceiveBuffer as _ReceiveBuffer
+except ImportError:  # pragma: no cover - another h11: bodies are only iterated
+    _ContentLengthReader = _ReceiveBuffer = None  # type: ignore[assignment,misc]
 
 try:
     import sniffio  # noqa: F401  (httpcore asks for it on every request)
@@ -94,7 +98,6 @@ _SocketOption = typing.Union[
     typing.Tuple[int, int, None, int],
 ]
 _ExcType = typing.Type[Exception]
-_ContentLengthReader = h11._readers.ContentLengthReader
 
 
 def _expire(waiter: asyncio.Future[None], exc_type: _ExcType, message: str) -> None:
@@ -624,16 +627,16 @@ class BodyReader:
 
     def __init__(self, h11_state: h11.Connection, stream: AsyncioStream, timeout: float | None) -> None:
         self._h11 = h11_state
+        self._reader = h11_state._reader  # this response's; the connection may serve others later
         self._stream = stream
         self._timeout = timeout
 
     @property
     def remaining(self) -> int:
-        """Body bytes not read yet (0 if the body is no longer being received)."""
-        reader = self._h11._reader
-        if type(reader) is not _ContentLengthReader or self._h11.their_state is not h11.SEND_BODY:
+        """Body bytes not read yet (0 once this body is no longer being received)."""
+        if self._h11._reader is not self._reader or self._h11.their_state is not h11.SEND_BODY:
             return 0
-        return reader._remaining
+        return self._reader._remaining
 
     async def readinto(self, view: memoryview) -> int:
         """Read at most ``len(view)`` body bytes into ``view``: how many; 0 as said above.
@@ -657,7 +660,7 @@ class BodyReader:
                 raise httpx.ReadTimeout(str(exc)) from exc
             except httpcore.ReadError as exc:
                 raise httpx.ReadError(str(exc)) from exc
-        self._h11._reader._remaining = remaining - count
+        self._reader._remaining = remaining - count
         return count
 
 
@@ -813,10 +816,10 @@ def fast_body_available() -> bool:
     """Whether httpcore's HTTP/1.1 connection and h11 keep the state :class:`BodyReader`
     reads and updates (else bodies are only iterated, as before)."""
     try:
-        if not connection_internals_available():
+        if not connection_internals_available() or _ContentLengthReader is None:
             return False
         reader = _ContentLengthReader(10)
-        buffer = h11._receivebuffer.ReceiveBuffer()
+        buffer = _ReceiveBuffer()
         buffer += b"0123456789"
         if reader._remaining != 10 or bytes(buffer.maybe_extract_at_most(4)) != b"0123":
             return False
@@ -827,7 +830,7 @@ def fast_body_available() -> bool:
             isinstance(state, h11.Connection)
             and hasattr(probe, "_network_stream")
             and hasattr(state, "_reader")
-            and isinstance(getattr(state, "_receive_buffer", None), h11._receivebuffer.ReceiveBuffer)
+            and isinstance(getattr(state, "_receive_buffer", None), _ReceiveBuffer)
             and state.their_state is h11.IDLE
         )
     except Exception:  # pragma: no cover - anything odd means "don't use it"

@@ -263,6 +263,114 @@ def test_cut_mid_body_keeps_the_prefix(server: Server, path: str) -> None:
         assert len(got) == 300_007
 
 
+# --- the fast body path: BodyReader.readinto ----------------------------------------------
+
+async def read_fast(c: httpx.AsyncClient, url: str, size: int = 100_000) -> tuple[bytes, int, int]:
+    """The body through its BodyReader into one reused buffer of ``size`` bytes, then whatever
+    iterating still gives: (body, bytes read into the buffer, reads)."""
+    got = bytearray()
+    buffer = memoryview(bytearray(size))
+    reads = 0
+    async with c.stream("GET", url) as response:
+        reader = tr.body_reader(response)
+        assert reader is not None
+        while count := await reader.readinto(buffer):
+            got += buffer[:count]
+            reads += 1
+        read_into = len(got)
+        async for chunk in response.aiter_raw():
+            got += chunk
+    return bytes(got), read_into, reads
+
+
+@pytest.mark.parametrize("tls", [False, True])
+def test_body_reader_reads_the_whole_body_and_the_connection_is_reused(ca: typing.Any, tls: bool) -> None:
+    srv = Server(http_handler, server_tls_context(ca, ["http/1.1"]) if tls else None)
+    scheme = "https" if tls else "http"
+
+    async def main() -> None:
+        async with client(verify=client_tls_context(ca)) as c:
+            for _ in range(2):
+                body, read_into, reads = await read_fast(c, srv.url("/bytes/8388608", scheme))
+                assert body == DATA and read_into == len(DATA)
+                assert reads >= len(DATA) // 100_000  # never more than the buffer per read
+            assert await fetch(c, srv.url("/bytes/1000", scheme)) == DATA[:1000]
+
+    try:
+        asyncio.run(main())
+    finally:
+        srv.close()
+    assert srv.connections == 1
+
+
+def test_body_reader_only_for_a_body_with_a_length(server: Server) -> None:
+    async def main() -> None:
+        async with client() as c:
+            for path in ("/chunked", "/eof"):
+                async with c.stream("GET", server.url(path)) as response:
+                    assert tr.body_reader(response) is None
+                    assert b"".join([x async for x in response.aiter_raw()]) == DATA
+            async with c.stream("GET", server.url("/bytes/1000")) as response:
+                await response.aread()  # read already (an event hook may do this)
+                assert tr.body_reader(response) is None
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("path", ["/cut", "/reset"])
+def test_body_reader_cut_short_keeps_the_prefix_and_iterating_raises(server: Server, path: str) -> None:
+    got = bytearray()
+
+    async def main() -> None:
+        async with client() as c:
+            async with c.stream("GET", server.url(path)) as response:
+                reader = tr.body_reader(response)
+                buffer = memoryview(bytearray(1 << 20))
+                while count := await reader.readinto(buffer):
+                    got.extend(buffer[:count])
+                async for chunk in response.aiter_raw():
+                    got.extend(chunk)
+
+    with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)):
+        asyncio.run(main())
+    assert 0 < len(got) < len(DATA) and bytes(got) == DATA[: len(got)]
+    if path == "/cut":
+        assert len(got) == 300_007
+
+
+def test_body_reader_read_timeout(server: Server) -> None:
+    async def main() -> None:
+        async with client(timeout=httpx.Timeout(5.0, read=0.3)) as c:
+            async with c.stream("GET", server.url("/stall")) as response:
+                reader = tr.body_reader(response)
+                buffer = memoryview(bytearray(1 << 20))
+                while await reader.readinto(buffer):
+                    pass
+
+    started = time.monotonic()
+    with pytest.raises(httpx.ReadTimeout):
+        asyncio.run(main())
+    assert time.monotonic() - started < 3
+
+
+def test_readinto_lands_in_the_callers_buffer_when_nothing_is_buffered() -> None:
+    """While a reader waits, asyncio reads straight into its buffer (no copy, no bytes)."""
+    protocol, transport = new_protocol()
+    mine = memoryview(bytearray(1000))
+    protocol.sink(mine)
+    region = protocol.get_buffer(-1)
+    region[:300] = DATA[:300]
+    protocol.buffer_updated(300)
+    assert protocol.unread == 0 and protocol.unsink() == 300 and bytes(mine[:300]) == DATA[:300]
+    # with bytes buffered already, they come first: the sink is not used
+    protocol.get_buffer(-1)[:5] = b"first"
+    protocol.buffer_updated(5)
+    protocol.sink(mine)
+    assert len(protocol.get_buffer(-1)) >= tr.MIN_FREE and protocol._into_sink is False
+    protocol.unsink()
+    assert protocol.take_into(mine) == 5 and bytes(mine[:5]) == b"first"
+
+
 def test_stream_read_eof_and_is_readable() -> None:
     """Below httpx: data then b"" after the peer closes; is_readable flips on close."""
     release = threading.Event()
