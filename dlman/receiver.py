@@ -151,7 +151,9 @@ class Receiver:
     async def _read_fast(self, reader: BodyReader, body_end: int | None, limit: int, expect: bytes,
                          watchdog: Watchdog) -> tuple[int, bool]:
         """Read into the buffer until the reader ends: (``expect`` bytes confirmed, whether
-        the segment is full and the body is to be cut rather than iterated to its end)."""
+        the body is to be cut rather than iterated to its end). A body that ends where the
+        segment does is read to its end, so that its connection goes back to the pool; any
+        other is cut once the segment is full."""
         segment = self.segment
         checked = 0
         while True:
@@ -160,9 +162,11 @@ class Receiver:
             else:
                 want = min(segment.end, limit) - segment.received
                 if want <= 0:
-                    # A body that ends where the segment does is read to its end, so that its
-                    # connection goes back to the pool; any other is cut as soon as it is full.
-                    return checked, segment.end != body_end or reader.remaining > 0
+                    if segment.end == body_end and reader.remaining == 0:
+                        return checked, False  # the body ends with the segment: iterating ends it
+                    # A full segment whose body runs on is cut when the next bytes arrive, as on
+                    # the iterated path: a refused takeover may have given the rest back by then.
+                    want = LIMITED_READ
             if self.limiter is not None:
                 want = min(want, LIMITED_READ)
             view = self._free(want)

@@ -36,6 +36,7 @@ import inspect
 import select
 import socket
 import ssl
+import struct
 import sys
 import typing
 
@@ -383,6 +384,15 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
         exc = self._protocol.exc
         return (str(exc) or repr(exc)) if exc is not None else default
 
+    def reset_on_close(self) -> None:
+        """Make the coming close a reset (RST): the peer stops sending at once."""
+        sock = self._raw_transport.get_extra_info("socket")
+        if sock is not None and not self._closed:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            except OSError:
+                pass  # the connection is gone already: nothing left to tell
+
     async def aclose(self) -> None:
         """Close the socket now, as the anyio backend does.
 
@@ -675,7 +685,18 @@ def body_reader(response: httpx.Response) -> BodyReader | None:
 
 class _FastHTTP11Connection(httpcore.AsyncHTTP11Connection):
     """httpcore's HTTP/1.1 connection, whose responses with a Content-Length offer a
-    :class:`BodyReader` (extension ``BODY_READER``)."""
+    :class:`BodyReader` (extension ``BODY_READER``), and which resets the TCP connection
+    of a response closed before its end: HTTP/1.1 has no other way to say "stop sending",
+    and a plain close lets the server push the rest of the body into a dead socket until
+    a write fails."""
+
+    async def _response_closed(self) -> None:
+        state = self._h11_state
+        if not (state.our_state is h11.DONE and state.their_state is h11.DONE):
+            stream = self._network_stream
+            if isinstance(stream, AsyncioStream):
+                stream.reset_on_close()
+        await super()._response_closed()
 
     async def handle_async_request(self, request: httpcore.Request) -> httpcore.Response:
         response = await super().handle_async_request(request)

@@ -234,16 +234,16 @@ def test_a_trickled_body_is_a_stall(tmp_path, via):
     run(main())
 
 
-@pytest.mark.parametrize("body_end, chunks, finished", [
-    (16, [b"x" * 16], True),             # the body ends with the segment: iterating ends it
-    (32, [b"x" * 16, b"y" * 16], False),  # a takeover shortened the segment: cut
-    (16, [b"x" * 16, b"y" * 16], False),  # the body runs on past its Content-Range: cut
+@pytest.mark.parametrize("body_end, chunks, reads, finished", [
+    (16, [b"x" * 16], [8, 8], True),                # the body ends with the segment: iterating ends it
+    (32, [b"x" * 16, b"y" * 16], [8, 8, 8], False),  # a takeover shortened the segment: cut
+    (16, [b"x" * 16, b"y" * 16], [8, 8, 8], False),  # the body runs on past its Content-Range: cut
 ])
 def test_a_body_ending_with_its_segment_is_read_to_its_end_and_any_other_is_cut(tmp_path, body_end, chunks,
-                                                                                 finished):
+                                                                                 reads, finished):
     """The connection of a body that ends with the segment goes back to the pool: once the
     segment is full, the iterated body finishes it. A body that runs on past a full segment
-    is cut: neither read nor iterated any further."""
+    is cut when its next bytes arrive (none of them written), and not iterated."""
     async def main() -> tuple[list[int], bool]:
         iterated = False
 
@@ -258,7 +258,25 @@ def test_a_body_ending_with_its_segment_is_read_to_its_end_and_any_other_is_cut(
                                                                                   reader=reader)
         assert part.part.read_bytes()[:16] == b"x" * 16
         return reader.views, iterated
-    assert run(main()) == ([8, 8], finished)
+    assert run(main()) == (reads, finished)
+
+
+def test_a_segment_given_back_while_its_body_runs_on_is_filled_by_that_body(tmp_path):
+    """A takeover cut the segment at 16, then failed and gave the rest back (``give_back``)
+    before the body's next bytes arrived: the body goes on filling the segment."""
+    segment = Segment(0, 16, 0)
+
+    def give_back(read: int) -> None:
+        if read == 3:
+            segment.end = 32
+
+    async def main() -> bytes:
+        part = await part_in(tmp_path)
+        reader = Reader([b"x" * 16, b"y" * 16], during=give_back)
+        await Receiver(part, segment, flush_bytes=8, timeout=30).receive(nothing(), 32, reader=reader)
+        return part.part.read_bytes()
+    assert run(main()) == b"x" * 16 + b"y" * 16
+    assert segment.pos == 32
 
 
 def test_reads_fill_the_free_end_of_the_buffer_and_writes_take_whole_buffers(tmp_path, monkeypatch):
@@ -274,7 +292,7 @@ def test_reads_fill_the_free_end_of_the_buffer_and_writes_take_whole_buffers(tmp
 
     async def main() -> list[int]:
         part = await part_in(tmp_path)
-        reader = Reader([bytes([i]) * 300 for i in range(10)])
+        reader = Reader([bytes([i]) * 300 for i in range(8)] + [bytes([8]) * 100])
         receiver = Receiver(part, Segment(0, 2500, 0), flush_bytes=1000, timeout=30)
         await receiver.receive(nothing(), 2500, reader=reader)
         assert part.part.read_bytes() == b"".join(bytes([i]) * 300 for i in range(8)) + bytes([8]) * 100

@@ -22,6 +22,7 @@ import pytest
 
 from dlman import transport as tr
 from h2server import H2Server
+from helpers import wait_for
 
 DATA = random.Random(20240601).randbytes(8 * 1024 * 1024)
 BIG = DATA * 4  # 32 MiB for the back-pressure test
@@ -351,6 +352,52 @@ def test_body_reader_read_timeout(server: Server) -> None:
     with pytest.raises(httpx.ReadTimeout):
         asyncio.run(main())
     assert time.monotonic() - started < 3
+
+
+@pytest.mark.parametrize("finish", [False, True])
+def test_a_response_closed_before_its_end_resets_the_connection(finish: bool) -> None:
+    """HTTP/1.1 has no other way to say "stop sending": the server's next send fails at
+    once, instead of pushing the rest of the body into a dead socket. A body read to its
+    end leaves its connection open for the next request."""
+    client_done = threading.Event()
+    outcome: list[str] = []
+
+    def handler(conn: socket.socket, srv: Server) -> None:
+        read_request(conn, bytearray())
+        send_head(conn, {"Content-Length": str(2 * 65536)})
+        conn.sendall(DATA[:65536])
+        if finish:
+            conn.sendall(DATA[65536:131072])
+        client_done.wait(5)
+        time.sleep(0.1)  # what the client's close sent has arrived
+        try:
+            conn.sendall(b"more bytes" if finish else DATA[65536:131072])
+            outcome.append("sent")
+        except OSError as exc:
+            outcome.append(type(exc).__name__)
+
+    srv = Server(handler)
+
+    async def main() -> None:
+        async with client() as c:
+            async with c.stream("GET", srv.url("/")) as response:
+                reader = tr.body_reader(response)
+                view = memoryview(bytearray(65536))
+                got = await reader.readinto(view)
+                if finish:
+                    while await reader.readinto(view):
+                        pass
+                    async for _ in response.aiter_raw():
+                        pass
+                assert got > 0
+            client_done.set()
+            await asyncio.to_thread(wait_for, lambda: bool(outcome), what="the server's next send")
+
+    try:
+        asyncio.run(main())
+    finally:
+        srv.close()
+    assert outcome == (["sent"] if finish else ["ConnectionResetError"])
 
 
 def test_readinto_lands_in_the_callers_buffer_when_nothing_is_buffered() -> None:
