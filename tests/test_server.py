@@ -193,10 +193,11 @@ def test_notifications_for_start_pause_complete_error_and_stop(tmp_path: Path, s
             answer = events.call(daemon.request("aria2.addUri", [server.url("/slow.bin")]))
             gid = answer["result"]
             events.wait("aria2.onDownloadStart", gid)
+            kept = (daemon.root / "slow.bin.part")
+            wait_for(lambda: kept.with_name("slow.bin.part.state").exists(), what="some progress saved")
             assert events.call(daemon.request("aria2.pause", gid))["result"] == gid
             events.wait("aria2.onDownloadPause", gid)
             assert daemon.status(gid)["status"] == "paused"
-            kept = (daemon.root / "slow.bin.part")
             assert kept.exists()
             starts = notifications(events.messages).count(("aria2.onDownloadStart", gid))
             assert daemon.call("aria2.unpause", gid) == gid
