@@ -21,6 +21,21 @@ from sabotages import apply_from_environment  # noqa: E402
 apply_from_environment()  # scripts/sabotage.py: one mechanism switched off, to see its tests fail
 
 
+def pytest_assertrepr_compare(op: str, left: object, right: object) -> list[str] | None:
+    """Explain a failed comparison of large byte strings by where they part, cheaply: pytest's own
+    diff of two multi-MiB reprs can take minutes on a slow machine and turn a failure into a hang."""
+    if op != "==" or not isinstance(left, (bytes, bytearray)) or not isinstance(right, (bytes, bytearray)):
+        return None
+    if max(len(left), len(right)) <= 4096:
+        return None
+    first = next((i for i in range(0, min(len(left), len(right)), 4096)
+                  if left[i:i + 4096] != right[i:i + 4096]), min(len(left), len(right)))
+    while first < min(len(left), len(right)) and left[first] == right[first]:
+        first += 1
+    return [f"{len(left)} bytes == {len(right)} bytes",
+            f"first difference at offset {first}"]
+
+
 @pytest.fixture
 def server() -> Iterator[FaultServer]:
     """A started FaultServer on 127.0.0.1, stopped (all connections closed) after the test."""
