@@ -8,13 +8,18 @@ reaches the user. Threads of one process share the connection under a lock.
 
 from __future__ import annotations
 
+import itertools
+import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from array import array
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
+
+from dlman.queue.jobs import Job, NewJob, size_on_disk, stays_done
 
 T = TypeVar("T")
 
@@ -58,6 +63,8 @@ MIGRATIONS: tuple[str, ...] = (
     """,
 )
 VERSION = len(MIGRATIONS)
+
+CHUNK = 2000  # requests looked up and inserted together by ``add_stream``: memory stays flat
 
 
 def _statements(script: str) -> list[str]:
@@ -129,3 +136,72 @@ def migrate(conn: sqlite3.Connection) -> None:
         for statement in _statements(script):
             conn.execute(statement)
         conn.execute(f"PRAGMA user_version = {number}")
+
+
+# The newest job for each request in a JSON array, found through the index on request.
+_ASKED_BEFORE = ("SELECT jobs.* FROM json_each(?) AS asked JOIN jobs ON jobs.id ="
+                 " (SELECT max(id) FROM jobs WHERE request = asked.value AND cancel IS NULL)")
+
+
+def insert_jobs(conn: sqlite3.Connection, new_jobs: Sequence[NewJob]) -> list[Job]:
+    """Enqueue validated jobs inside the caller's transaction; one Job per entry, in order.
+
+    A request for the same first URL and destination as an existing job reuses that
+    job instead of adding a duplicate: an active one is left to its owner; a done one
+    whose file is still whole stays done (see ``jobs.stays_done``); any other goes
+    back to ``queued`` with the new URLs and options. Of the same request asked twice,
+    the last one wins.
+    """
+    asked = [new.request for new in new_jobs]
+    last = dict(zip(asked, new_jobs))
+    if not last:
+        return []
+    now = time.time()
+    jobs: dict[str, Job] = {}
+    requeue = []
+    for row in conn.execute(_ASKED_BEFORE, (json.dumps(list(last)),)):
+        request, state = row["request"], row["state"]
+        new = last[request]
+        if state == "active" or (state == "done" and stays_done(
+                row["total_bytes"], json.loads(row["options"]), new.options, size_on_disk(row["dest"]))):
+            jobs[request] = Job.from_row(row)
+            continue
+        urls, options = json.dumps(list(new.urls)), json.dumps(new.options)
+        bytes_done = 0 if state == "done" else row["bytes_done"]
+        updated = row["updated"]
+        if (state, row["urls"], row["options"], row["error"], row["bytes_done"]) != (
+                "queued", urls, options, None, bytes_done):
+            requeue.append((urls, options, bytes_done, now, row["id"]))
+            updated = now
+        jobs[request] = Job(row["id"], new.urls, row["dest"], bool(row["dest_is_dir"]), row["output"],
+                            new.options, "queued", bytes_done, row["total_bytes"], None, row["owner_pid"],
+                            row["created"], updated)
+    conn.executemany("UPDATE jobs SET state = 'queued', urls = ?, options = ?, bytes_done = ?, error = NULL,"
+                     " updated = ? WHERE id = ?", requeue)
+    fresh = [(request, new) for request, new in last.items() if request not in jobs]
+    newest = conn.execute("SELECT coalesce(max(id), 0) FROM jobs").fetchone()[0]
+    conn.executemany(
+        "INSERT INTO jobs (urls, dest, dest_is_dir, output, request, options, state, created, updated)"
+        " VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
+        ((json.dumps(list(new.urls)), new.dest, int(new.dest_is_dir), new.output, request,
+          json.dumps(new.options), now, now) for request, new in fresh))
+    for job_id, request in conn.execute("SELECT id, request FROM jobs WHERE id > ?", (newest,)):
+        new = last[request]
+        jobs[request] = Job(job_id, new.urls, new.dest, new.dest_is_dir, new.output, new.options, "queued",
+                            0, None, None, None, now, now)
+    return [jobs[request] for request in asked]
+
+
+def add_stream(store: Store, new_jobs: Iterable[NewJob]) -> array[int]:
+    """Enqueue jobs as they come, in one transaction: all of them, or none if the iterable raises.
+
+    ``new_jobs`` may be a generator checking a manifest as it reads it (``manifest.iter_manifest``):
+    its error rolls everything back. Only a chunk of requests is in memory at a time; the ids
+    come back in order, eight bytes each.
+    """
+    ids: array[int] = array("q")
+    source = iter(new_jobs)
+    with store.transaction() as conn:
+        while chunk := list(itertools.islice(source, CHUNK)):
+            ids.extend(job.id for job in insert_jobs(conn, chunk))
+    return ids
