@@ -6,6 +6,7 @@ three front doors cannot drift apart.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from urllib.parse import unquote, urlsplit
@@ -188,6 +189,7 @@ def mask_url(url: str) -> str:
 
 
 _WORD = re.compile(r"\S+")
+_SPACE = re.compile(r"\s")  # what str.isspace() calls white space, found in one scan
 _CLOSING = ".,:;!?)]}>'\""  # punctuation that ends a sentence or a quotation, not the URL before it
 
 
@@ -207,17 +209,36 @@ def redact(text: str) -> str:
 
 def check_url(url: str) -> str:
     """The URL, if it is an absolute http(s) URL with a host; else InvalidInputError."""
+    text = url.strip()
+    problem = _url_problem(text)
+    if problem:
+        raise InvalidInputError(f"invalid URL {mask_url(url)!r}: {problem}")
+    return text
+
+
+# The everyday shape of a valid URL (http(s), a plain host, an optional port, no white space), told
+# in one match; anything else, valid or not, goes through urlsplit. Hosts are ASCII here, so the
+# match says exactly what urlsplit would: a scheme, a non-empty host and the port's digits.
+_PLAIN_URL = re.compile(r"(?i:https?)://[A-Za-z0-9._~-]+(?::(\d{1,5}))?(?:[/?#]\S*)?")
+
+
+@functools.lru_cache(maxsize=256)  # a manifest's URL is checked as it is read, then again by prepare
+def _url_problem(text: str) -> str | None:
+    plain = _PLAIN_URL.fullmatch(text)
+    if plain and (plain.group(1) is None or 0 < int(plain.group(1)) < 65536):
+        return None
     try:
-        parts = urlsplit(url.strip())
-        port_ok = parts.port is None or 0 < parts.port < 65536
+        parts = urlsplit(text)
+        port = parts.port
     except ValueError:
-        port_ok = False
+        port = -1
         parts = None
-    if parts is None or parts.scheme.lower() not in ("http", "https") or not parts.hostname or not port_ok:
-        raise InvalidInputError(f"invalid URL {mask_url(url)!r}: expected http:// or https:// with a host")
-    if any(ch.isspace() for ch in url.strip()):
-        raise InvalidInputError(f"invalid URL {mask_url(url)!r}: it contains whitespace")
-    return url.strip()
+    if parts is None or parts.scheme.lower() not in ("http", "https") or not parts.hostname or not (
+            port is None or 0 < port < 65536):
+        return "expected http:// or https:// with a host"
+    if _SPACE.search(text):
+        return "it contains whitespace"
+    return None
 
 
 def check_urls(urls: str | Sequence[str]) -> list[str]:

@@ -16,6 +16,8 @@ import time
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -138,9 +140,65 @@ def migrate(conn: sqlite3.Connection) -> None:
         conn.execute(f"PRAGMA user_version = {number}")
 
 
+def _json_urls(urls: Sequence[str]) -> str:
+    """``json.dumps(list(urls))``, character for character, at a fraction of its cost per row."""
+    return "[" + ", ".join(map(encode_basestring_ascii, urls)) + "]"
+
+
+def _json_options(options: Any) -> str:
+    return json.dumps(options) if options else "{}"
+
+
 # The newest job for each request in a JSON array, found through the index on request.
 _ASKED_BEFORE = ("SELECT jobs.* FROM json_each(?) AS asked JOIN jobs ON jobs.id ="
                  " (SELECT max(id) FROM jobs WHERE request = asked.value AND cancel IS NULL)")
+
+
+@dataclass
+class _Added:
+    """What one ``_upsert`` did: the requests as asked, and the job now answering each."""
+
+    asked: list[str]
+    last: dict[str, NewJob]   # per distinct request, the last one asked (it wins)
+    kept: dict[str, Job]      # requests that found a job already there (reused or left alone)
+    fresh: dict[str, int]     # requests that got a new row: its id
+    now: float
+
+
+def _upsert(conn: sqlite3.Connection, new_jobs: Sequence[NewJob]) -> _Added:
+    asked = [new.request for new in new_jobs]
+    added = _Added(asked, dict(zip(asked, new_jobs)), {}, {}, time.time())
+    if not added.last:
+        return added
+    now, last, kept = added.now, added.last, added.kept
+    requeue = []
+    for row in conn.execute(_ASKED_BEFORE, (json.dumps(list(last)),)):
+        request, state = row["request"], row["state"]
+        new = last[request]
+        if state == "active" or (state == "done" and stays_done(
+                row["total_bytes"], json.loads(row["options"]), new.options, size_on_disk(row["dest"]))):
+            kept[request] = Job.from_row(row)
+            continue
+        urls, options = _json_urls(new.urls), _json_options(new.options)
+        bytes_done = 0 if state == "done" else row["bytes_done"]
+        updated = row["updated"]
+        if (state, row["urls"], row["options"], row["error"], row["bytes_done"]) != (
+                "queued", urls, options, None, bytes_done):
+            requeue.append((urls, options, bytes_done, now, row["id"]))
+            updated = now
+        kept[request] = Job(row["id"], new.urls, row["dest"], bool(row["dest_is_dir"]), row["output"],
+                            new.options, "queued", bytes_done, row["total_bytes"], None, row["owner_pid"],
+                            row["created"], updated)
+    conn.executemany("UPDATE jobs SET state = 'queued', urls = ?, options = ?, bytes_done = ?, error = NULL,"
+                     " updated = ? WHERE id = ?", requeue)
+    newest = conn.execute("SELECT coalesce(max(id), 0) FROM jobs").fetchone()[0]
+    conn.executemany(
+        "INSERT INTO jobs (urls, dest, dest_is_dir, output, request, options, state, created, updated)"
+        " VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
+        ((_json_urls(new.urls), new.dest, int(new.dest_is_dir), new.output, request,
+          _json_options(new.options), now, now) for request, new in last.items() if request not in kept))
+    added.fresh.update(conn.execute("SELECT request, id FROM jobs WHERE id > ?", (newest,)))
+    return added
 
 
 def insert_jobs(conn: sqlite3.Connection, new_jobs: Sequence[NewJob]) -> list[Job]:
@@ -152,44 +210,18 @@ def insert_jobs(conn: sqlite3.Connection, new_jobs: Sequence[NewJob]) -> list[Jo
     back to ``queued`` with the new URLs and options. Of the same request asked twice,
     the last one wins.
     """
-    asked = [new.request for new in new_jobs]
-    last = dict(zip(asked, new_jobs))
-    if not last:
-        return []
-    now = time.time()
-    jobs: dict[str, Job] = {}
-    requeue = []
-    for row in conn.execute(_ASKED_BEFORE, (json.dumps(list(last)),)):
-        request, state = row["request"], row["state"]
-        new = last[request]
-        if state == "active" or (state == "done" and stays_done(
-                row["total_bytes"], json.loads(row["options"]), new.options, size_on_disk(row["dest"]))):
-            jobs[request] = Job.from_row(row)
-            continue
-        urls, options = json.dumps(list(new.urls)), json.dumps(new.options)
-        bytes_done = 0 if state == "done" else row["bytes_done"]
-        updated = row["updated"]
-        if (state, row["urls"], row["options"], row["error"], row["bytes_done"]) != (
-                "queued", urls, options, None, bytes_done):
-            requeue.append((urls, options, bytes_done, now, row["id"]))
-            updated = now
-        jobs[request] = Job(row["id"], new.urls, row["dest"], bool(row["dest_is_dir"]), row["output"],
-                            new.options, "queued", bytes_done, row["total_bytes"], None, row["owner_pid"],
-                            row["created"], updated)
-    conn.executemany("UPDATE jobs SET state = 'queued', urls = ?, options = ?, bytes_done = ?, error = NULL,"
-                     " updated = ? WHERE id = ?", requeue)
-    fresh = [(request, new) for request, new in last.items() if request not in jobs]
-    newest = conn.execute("SELECT coalesce(max(id), 0) FROM jobs").fetchone()[0]
-    conn.executemany(
-        "INSERT INTO jobs (urls, dest, dest_is_dir, output, request, options, state, created, updated)"
-        " VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
-        ((json.dumps(list(new.urls)), new.dest, int(new.dest_is_dir), new.output, request,
-          json.dumps(new.options), now, now) for request, new in fresh))
-    for job_id, request in conn.execute("SELECT id, request FROM jobs WHERE id > ?", (newest,)):
-        new = last[request]
-        jobs[request] = Job(job_id, new.urls, new.dest, new.dest_is_dir, new.output, new.options, "queued",
-                            0, None, None, None, now, now)
-    return [jobs[request] for request in asked]
+    added = _upsert(conn, new_jobs)
+    for request, job_id in added.fresh.items():
+        new = added.last[request]
+        added.kept[request] = Job(job_id, new.urls, new.dest, new.dest_is_dir, new.output, new.options, "queued",
+                                  0, None, None, None, added.now, added.now)
+    return [added.kept[request] for request in added.asked]
+
+
+def _insert_ids(conn: sqlite3.Connection, new_jobs: Sequence[NewJob]) -> list[int]:
+    """``insert_jobs``, answering with ids only."""
+    added = _upsert(conn, new_jobs)
+    return [added.fresh[r] if r in added.fresh else added.kept[r].id for r in added.asked]
 
 
 def add_stream(store: Store, new_jobs: Iterable[NewJob]) -> array[int]:
@@ -203,5 +235,5 @@ def add_stream(store: Store, new_jobs: Iterable[NewJob]) -> array[int]:
     source = iter(new_jobs)
     with store.transaction() as conn:
         while chunk := list(itertools.islice(source, CHUNK)):
-            ids.extend(job.id for job in insert_jobs(conn, chunk))
+            ids.extend(_insert_ids(conn, chunk))
     return ids
