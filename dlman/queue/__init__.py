@@ -239,6 +239,21 @@ class Queue:
         _unlink(doomed)
         return after
 
+    def exchange(self, owner: str, endings: Sequence[tuple[int, str | None, Mapping[str, Any]]], count: int,
+                 ids: Sequence[int] | None = None) -> tuple[list[str | None], list[Job]]:
+        """``settle`` each of ``endings`` (id, state, fields), then claim up to ``count`` jobs, in one
+        transaction: a runner's traffic with the database costs one round trip however many jobs end."""
+        doomed: list[Path] = []
+        with self._store.transaction() as conn:
+            afters = []
+            for job_id, state, fields in endings:
+                after, gone = ownership.settle(conn, owner, job_id, state, fields)
+                afters.append(after)
+                doomed += gone
+            jobs = ownership.claim_many(conn, owner, count, ids) if count > 0 else []
+        _unlink(doomed)
+        return afters, jobs
+
     # -- running ----------------------------------------------------------------------------
 
     def run(self, jobs: int = 4, **kwargs: Any) -> dict[int, Outcome]:
