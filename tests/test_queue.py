@@ -493,6 +493,43 @@ def test_add_many_is_all_or_nothing(queue: Queue, tmp_path: Path) -> None:
     assert queue.get(kept.id).state == "paused" and queue.get(kept.id).options == {}
 
 
+def test_add_stream_writes_a_chunk_at_a_time_in_one_transaction(queue: Queue, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stream longer than a chunk: ids in the order asked, the same request asked in two chunks
+    is one job (the last ask wins), and nothing is visible to others before the end."""
+    monkeypatch.setattr(store, "CHUNK", 3)
+    seen_by_others = []
+
+    def jobs() -> Any:
+        for i in range(7):
+            if i == 5:
+                with Queue(queue.home) as other:
+                    seen_by_others.append(len(other.list()))
+            yield prepare(f"http://h/{i % 4}", tmp_path, output=f"f{i % 4}", connections=i + 1)
+
+    ids = queue.add_stream(jobs())
+    assert list(ids) == [1, 2, 3, 4, 1, 2, 3] and seen_by_others == [0]
+    assert [(j.id, j.options["connections"]) for j in queue.list()] == [(1, 5), (2, 6), (3, 7), (4, 4)]
+
+
+def test_add_stream_is_all_or_nothing(queue: Queue, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stream raises after several chunks were written (a bad line at the end of a manifest):
+    nothing of it stays, and what was in the queue before is untouched."""
+    monkeypatch.setattr(store, "CHUNK", 2)
+    kept = queue.add("http://h/0", tmp_path, output="f0")
+    queue.pause(kept.id)
+
+    def jobs() -> Any:
+        for i in range(6):
+            yield prepare(f"http://h/{i}", tmp_path, output=f"f{i}", connections=2)
+        raise InvalidInputError("m.txt:99: bad line")
+
+    with pytest.raises(InvalidInputError):
+        queue.add_stream(jobs())
+    assert [(j.id, j.state, j.options) for j in queue.list()] == [(kept.id, "paused", {})]
+    assert list(queue.add_stream(iter([prepare("http://h/9", tmp_path, output="f9")]))) == [kept.id + 1]  # not even an id was used
+
+
 # -- listing ----------------------------------------------------------------------------------------
 
 def test_iter_jobs_streams_page_by_page(queue: Queue, monkeypatch: pytest.MonkeyPatch) -> None:
