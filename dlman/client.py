@@ -69,8 +69,10 @@ def ssl_context(verify: bool | str | ssl.SSLContext, cert: Any) -> tuple[ssl.SSL
         if isinstance(verify, ssl.SSLContext):
             context = verify
         elif isinstance(verify, str):
-            where = {"capath": verify} if os.path.isdir(verify) else {"cafile": verify}
-            context = ssl.create_default_context(**where)
+            if os.path.isdir(verify):
+                context = ssl.create_default_context(capath=verify)
+            else:
+                context = ssl.create_default_context(cafile=verify)
         else:
             context = httpx.create_ssl_context(verify=verify, trust_env=True)
     except (OSError, ssl.SSLError) as exc:

@@ -90,9 +90,9 @@ def candidates(headers: Mapping[str, str], *, whole_body: bool) -> list[tuple[Ch
         if name.strip().lower() == "md5":
             add("md5", value, "x-goog-hash")
     for name in ("sha256", "sha1"):
-        value = headers.get(f"x-amz-checksum-{name}")
-        if value and "-" not in value:  # "...-N": a checksum of part checksums, not of the file
-            add(name, value, f"x-amz-checksum-{name}")
+        amz = headers.get(f"x-amz-checksum-{name}")
+        if amz and "-" not in amz:  # "...-N": a checksum of part checksums, not of the file
+            add(name, amz, f"x-amz-checksum-{name}")
     linked = (headers.get("x-linked-etag") or "").strip().strip('"')
     if len(linked) == 64 and _HEX.match(linked):
         add("sha256", linked, "x-linked-etag")

@@ -11,7 +11,7 @@ import concurrent.futures
 import logging
 import os
 import ssl
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +48,18 @@ def _check_auth(auth: object) -> httpx.Auth | None:
     if isinstance(auth, tuple) and len(auth) == 2 and all(isinstance(x, (str, bytes)) for x in auth):
         return httpx.BasicAuth(*auth)
     if callable(auth):
-        return httpx.FunctionAuth(auth)
+        return _CallableAuth(auth)
     raise InvalidInputError(f"auth must be an httpx.Auth, a (user, password) tuple or a callable, got {auth!r}")
+
+
+class _CallableAuth(httpx.Auth):
+    """A callable that takes a request and returns it signed, as httpx accepts for ``auth``."""
+
+    def __init__(self, function: Callable[[httpx.Request], httpx.Request]) -> None:
+        self.function = function
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        yield self.function(request)
 
 
 def _whole(value: object, name: str) -> int:

@@ -42,8 +42,8 @@ class RetryPolicy:
         """Seconds to wait before attempt number ``failures + 1`` (``failures`` >= 1)."""
         if retry_after is not None:
             return min(max(0.0, retry_after), self.max_retry_after)
-        ceiling = min(self.cap, self.base * (2 ** min(max(0, failures - 1), 62)))
-        jitter = (rng or random).uniform(0.5, 1.0)
+        ceiling: float = min(self.cap, self.base * float(2 ** min(max(0, failures - 1), 62)))
+        jitter: float = (rng or random).uniform(0.5, 1.0)
         return ceiling * jitter
 
     def gives_up(self, failures: int) -> bool:

@@ -25,6 +25,7 @@ import os
 import stat
 import threading
 from pathlib import Path
+from typing import TypeVar
 
 import aiofiles.os
 
@@ -38,6 +39,7 @@ _DISK_ERRNOS = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded",
                 errno.EROFS: "read-only file system", errno.ELOOP: "it is a symbolic link (not followed)"}
 _NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EXDEV, errno.EMLINK}
 MAX_STATE_BYTES = 1 << 20
+T = TypeVar("T")
 NOFOLLOW = os.O_NOFOLLOW  # on every open of NAME.part and its state files
 
 
@@ -254,7 +256,7 @@ _fsync = aiofiles.os.wrap(os.fsync)
 _save_state = aiofiles.os.wrap(_write_state)
 
 
-async def stoppable(function: functools.partial[str]) -> str:
+async def stoppable(function: functools.partial[T]) -> T:
     """Run a long digest in a thread; a cancelled caller stops it within a block, not at the end."""
     stop = threading.Event()
     future = asyncio.get_running_loop().run_in_executor(None, functools.partial(function, stop=stop))
@@ -376,7 +378,8 @@ class PartFile:
 
     async def read(self, offset: int, length: int) -> bytes:
         assert self._fd is not None
-        return await _pread(self._fd, length, offset)
+        data: bytes = await _pread(self._fd, length, offset)
+        return data
 
     async def same_as(self, other: Path) -> bool:
         """Whether the part holds exactly the bytes of ``other`` (an existing destination)."""
@@ -398,7 +401,7 @@ class PartFile:
         """
         assert self._fd is not None
         try:
-            actual = await _flush(self._fd, size)
+            actual: int = await _flush(self._fd, size)
         except OSError as exc:
             raise storage_error(exc, self.part) from None
         if size is not None and actual != size:

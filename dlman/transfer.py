@@ -19,7 +19,6 @@ import functools
 import logging
 import os
 import random
-import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -41,9 +40,8 @@ from dlman.errors import (
 )
 from dlman.mirrors import Mirror, Mirrors
 from dlman.naming import choose_name, contained
-from dlman.client import MAX_REDIRECTS
-from dlman.options import Headers, is_credential_header, mask_url
-from dlman.overlap import OVERLAP_BYTES, PROBE_BYTES, overlap_before, probe_range
+from dlman.options import Headers, mask_url
+from dlman.overlap import PROBE_BYTES, overlap_before, probe_range
 from dlman.receiver import Mismatch, Receiver, Stalled
 from dlman.remote import (
     REASON_BYTES,
@@ -58,8 +56,10 @@ from dlman.remote import (
     read_answer,
     reason_from_body,
 )
+from dlman.request import Requester, Retry, SourceGone
 from dlman.result import DownloadResult, Progress
 from dlman.retry import RetryPolicy, status_message
+from dlman.saver import Saver
 from dlman.segments import Segment, SegmentPlan
 from dlman.state import ResumeState, StateError, source_key
 from dlman.storage import PartFile, stoppable
@@ -72,12 +72,10 @@ log = logging.getLogger("dlman")
 WRITE_BUDGET = 4 << 20         # bytes buffered for writing per download, shared by its connections
 MIN_FLUSH, FLUSH_BYTES = 256 << 10, 1 << 20   # smallest and largest buffer per connection
 MAX_RESTARTS = 3               # restarts after the remote file changed, before giving up
-PROGRESS_INTERVAL = 0.2
 MEANINGFUL_PROGRESS = 64 << 10  # an attempt that wrote less than this still counts as a failure
-SAVE_FAILURES = 5              # consecutive failed state saves before the download fails
 UNSIZED = 1 << 62              # the end of the one segment of a body without a known size
 
-__all__ = ["Transfer", "OVERLAP_BYTES", "FLUSH_BYTES", "PROGRESS_INTERVAL"]
+__all__ = ["Transfer", "FLUSH_BYTES"]
 
 
 class _Restart(Exception):
@@ -86,22 +84,6 @@ class _Restart(Exception):
 
 class _Fallback(Exception):
     """The server cannot be trusted with ranges: start over as one plain stream."""
-
-
-class _Retry(Exception):
-    """A failure worth another attempt; ``after`` is the server's wish, if any."""
-
-    def __init__(self, message: str, after: float | None = None) -> None:
-        super().__init__(message)
-        self.after = after
-
-
-class _MirrorGone(Exception):
-    """This mirror cannot serve the file (a 4xx, a TLS failure, another version of the file)."""
-
-    def __init__(self, error: DownloadError) -> None:
-        super().__init__(str(error))
-        self.error = error
 
 
 class _GiveUp(Exception):
@@ -137,6 +119,7 @@ class Transfer:
                  overwrite: bool, on_progress: Callable[[Progress], None] | None) -> None:
         self.engine = engine
         self.mirrors = Mirrors(urls, headers)
+        self.requests = Requester(engine, self.mirrors)
         self.url = urls[0]
         self.name = mask_url(self.url)
         self.dest_arg = dest
@@ -330,7 +313,7 @@ class Transfer:
             try:
                 response, answer, verdict, remote = await self._first_from(mirror, first_range)
                 return mirror, response, answer, verdict, remote
-            except _MirrorGone as gone:
+            except SourceGone as gone:
                 self._drop(mirror, gone.error)
 
     async def _first_from(self, mirror: Mirror, first_range: str | None
@@ -343,7 +326,7 @@ class Transfer:
                 if self.verify_digest:
                     ask.update(WANT_HEADERS)
                 hops: list[httpx.Headers] = []
-                response = await self._send(mirror, mirror.url, ask, hops)
+                response = await self.requests.get(mirror.url, ask, hops)
                 answer = self._answer(response)
                 verdict, remote = judge_first(answer, ranged=first_range is not None)
                 if verdict.action is Action.ACCEPT:
@@ -362,13 +345,13 @@ class Transfer:
                     if verdict.action is Action.FALLBACK:
                         raise _Fallback(verdict.why)
                     await self._act(verdict, mirror, response, answer, pinned=False)
-                    raise _MirrorGone(ProtocolError(f"{mask_url(mirror.url)}: {verdict.why}", url=mirror.url))
+                    raise SourceGone(ProtocolError(f"{mask_url(mirror.url)}: {verdict.why}", url=mirror.url))
                 finally:
                     await response.aclose()
-            except _Retry as why:
+            except Retry as why:
                 failures += 1
                 if self.policy.gives_up(failures):
-                    raise _MirrorGone(self._gave_up(mirror, failures, why)) from None
+                    raise SourceGone(self._gave_up(mirror, failures, why)) from None
                 await self._pause_before_retry(failures, why, mirror)
 
     def _name_from(self, mirror: Mirror, response: httpx.Response) -> Path:
@@ -436,7 +419,7 @@ class Transfer:
         part = self.part
         assert part is not None
         tasks: list[asyncio.Task[None]] = []
-        saver = _Saver(self)
+        saver = Saver(self._report, self._save, self.engine.save_interval)
         try:
             if self._ranged() and self.plan is not None:
                 tasks.append(asyncio.create_task(self._worker(0, opening, first)))
@@ -531,7 +514,7 @@ class Transfer:
         return self.running > 1
 
     async def _fill(self, index: int, segment: Segment, mirror: Mirror | None,
-                    opening: _Opening | None) -> Mirror:
+                    opening: _Opening | None) -> Mirror | None:
         """Fill one segment, retrying from the last byte written; another mirror takes over
         when one is dropped. Returns the mirror it ended with."""
         failures = 0
@@ -550,8 +533,8 @@ class Transfer:
                     opening = None
                 await self._receive(segment, mirror, response, verdict, expect)
                 if not segment.done and segment.pos == before:
-                    raise _Retry("the server sent no bytes for the requested range")
-            except _Retry as why:
+                    raise Retry("the server sent no bytes for the requested range")
+            except Retry as why:
                 failures = (0 if segment.pos - before >= MEANINGFUL_PROGRESS else failures) + 1
                 if self.policy.gives_up(failures):
                     error = self._gave_up(mirror, failures, why)
@@ -561,7 +544,7 @@ class Transfer:
                     failures = 0
                     continue
                 await self._pause_before_retry(failures, why, mirror)
-            except _MirrorGone as gone:
+            except SourceGone as gone:
                 self._drop(mirror, gone.error)
                 failures = 0
             finally:
@@ -589,7 +572,7 @@ class Transfer:
         headers = {"Range": f"bytes={start}-{segment.end - 1}"}
         if if_range:
             headers["If-Range"] = if_range
-        response = await self._send(mirror, url, headers)
+        response = await self.requests.get(url, headers)
         try:
             final = str(response.url)
             if mirror.target is None:
@@ -618,9 +601,9 @@ class Transfer:
         try:
             return await receiver.receive(_body(response), verdict.end, expect)
         except httpx.TransportError as exc:
-            raise _Retry(f"connection lost after {segment.pos - before} bytes: {exc!r}") from None
+            raise Retry(f"connection lost after {segment.pos - before} bytes: {exc!r}") from None
         except Stalled as exc:
-            raise _Retry(str(exc)) from None
+            raise Retry(str(exc)) from None
         except Mismatch:
             self._changed(mirror, source_key(str(response.url)),
                           "the remote file changed (the bytes before the resume point differ)")
@@ -646,8 +629,8 @@ class Transfer:
                 await self._receive(segment, mirror, response, verdict, b"")
                 if not _ended_short(segment, expected):
                     return
-                raise _Retry(f"the body ended after {segment.pos} of {expected} bytes")
-            except _Retry as why:
+                raise Retry(f"the body ended after {segment.pos} of {expected} bytes")
+            except Retry as why:
                 failures = (0 if segment.pos >= MEANINGFUL_PROGRESS else failures) + 1
                 if self.policy.gives_up(failures):
                     raise self._gave_up(mirror, failures, why) from None
@@ -698,7 +681,7 @@ class Transfer:
         start, end = span
         expect = await self.part.read(start, end - start)
         log.info("%s: checking %s against bytes %d-%d on disk", self.name, mask_url(mirror.ask), start, end - 1)
-        response = await self._send(mirror, mirror.ask, {"Range": f"bytes={start}-{end - 1}"})
+        response = await self.requests.get(mirror.ask, {"Range": f"bytes={start}-{end - 1}"})
         try:
             final = str(response.url)
             if mirror.target is None:
@@ -713,7 +696,7 @@ class Transfer:
             await response.aclose()
             raise
         if confirmed < len(expect):
-            raise _Retry("the answer ended before the bytes to compare")
+            raise Retry("the answer ended before the bytes to compare")
         self.sources.setdefault(key, answer.validators)
 
     # -- what an answer means --------------------------------------------------------------
@@ -728,10 +711,10 @@ class Transfer:
         if action is Action.ACCEPT:
             return
         if action is Action.RETRY:
-            raise _Retry(verdict.why, verdict.after)
+            raise Retry(verdict.why, verdict.after)
         if action is Action.UNCONFIRMED:
             self.unconfirmed.add(key or source_key(mirror.ask))
-            raise _Retry(verdict.why, 0.0)
+            raise Retry(verdict.why, 0.0)
         if action is Action.REFUSED:
             self.refused_ranges += 1
             if self.refused_ranges > 1:
@@ -744,19 +727,20 @@ class Transfer:
         detail = await _detail(response, self.engine.timeout)
         message = status_message(verdict.status, answer.reason, detail)
         if action is Action.GONE and pinned and mirror.target != mirror.url:
-            mirror.target = None  # the pinned URL expired or moved: follow the original again
-            raise _Retry(f"{message} from {mask_url(str(response.url))}; following {mask_url(mirror.url)} again",
+            mirror.target = None  # the pinned URL expired or moved: follow the original again,
+            self._verified.discard(mirror.index)  # to a server that must prove itself first
+            raise Retry(f"{message} from {mask_url(str(response.url))}; following {mask_url(mirror.url)} again",
                          0.0)
         if verdict.status in (401, 403) and mirror.worked:
             message += "; the URL has probably expired (the partial data is kept for a resume)"
-        raise _MirrorGone(HTTPStatusError(f"{mask_url(mirror.url)}: {message}", status=verdict.status,
+        raise SourceGone(HTTPStatusError(f"{mask_url(mirror.url)}: {message}", status=verdict.status,
                                           url=mirror.url))
 
     def _changed(self, mirror: Mirror, key: str, why: str) -> None:
         """A source serves another version: the file itself changed, or one mirror is stale."""
         if key == self.reference or not any(m is not mirror for m in self.mirrors.alive()):
             raise _Restart(why)
-        raise _MirrorGone(ProtocolError(f"{mask_url(mirror.url)}: {why}; this mirror is dropped",
+        raise SourceGone(ProtocolError(f"{mask_url(mirror.url)}: {why}; this mirror is dropped",
                                         url=mirror.url))
 
     def _drop(self, mirror: Mirror, error: DownloadError) -> None:
@@ -776,86 +760,11 @@ class Transfer:
         url = mask_url(mirror.url)
         return NetworkError(f"{url}: giving up after {failures} failed attempts ({why})", url=mirror.url)
 
-    async def _pause_before_retry(self, failures: int, why: _Retry, mirror: Mirror) -> None:
+    async def _pause_before_retry(self, failures: int, why: Retry, mirror: Mirror) -> None:
         delay = self.policy.delay(failures, why.after, _rng)
         log.info("%s: %s; retry %d of %d in %.1fs", mask_url(mirror.url), why, failures,
                  self.policy.retries, delay)
         await asyncio.sleep(delay)
-
-    # -- requests ------------------------------------------------------------------
-    async def _send(self, mirror: Mirror, url: str, extra: dict[str, str],
-                    hops: list[httpx.Headers] | None = None) -> httpx.Response:
-        """Send one GET (streamed), following redirects here, at most 20, so that each hop carries
-        only the credentials its origin may have. The final host's connection slot is held until
-        the response closes. Raises ``_Retry`` for what may pass and ``_MirrorGone`` for what will not.
-        """
-        engine = self.engine
-        loop = asyncio.get_running_loop()
-        # httpx's read timeout is per read: a server trickling its headers would never trip it,
-        # so the whole answer head (connects and redirects included) gets one deadline.
-        deadline = loop.time() + engine.timeout
-        for hop in range(MAX_REDIRECTS + 1):
-            if engine.tls_problem and url[:6].lower() == "https:":
-                raise _MirrorGone(NetworkError(f"{mask_url(url)}: {engine.tls_problem}", url=url))
-            request, credentials = self._request(url, extra)
-            log.info("GET %s %s", mask_url(url), extra.get("Range", ""))
-            release = await engine.acquire_host_slot(request.url.host)
-            try:
-                response = await asyncio.wait_for(
-                    engine.client.send(request, stream=True, auth=engine.auth_for(request, credentials=credentials),
-                                       follow_redirects=False),
-                    max(0.0, deadline - loop.time()))
-            except asyncio.TimeoutError:
-                release()
-                raise _Retry(f"no response within {engine.timeout:g}s") from None
-            except httpx.UnsupportedProtocol as exc:
-                release()
-                raise _MirrorGone(DownloadError(f"{mask_url(url)}: {exc}", url=url)) from None
-            except httpx.TransportError as exc:
-                release()
-                if _certificate_problem(exc):
-                    why = engine.tls_problem or (f"TLS certificate verification failed ({exc}); "
-                                                 "pass --insecure to skip verification")
-                    raise _MirrorGone(NetworkError(f"{mask_url(url)}: {why}", url=url)) from None
-                raise _Retry(f"{type(exc).__name__}: {exc}") from None
-            except BaseException:
-                release()
-                raise
-            if not response.is_redirect:
-                response.stream = _ReleasingStream(response.stream, release)  # type: ignore[arg-type]
-                return response
-            await response.aclose()
-            release()
-            if hops is not None:
-                hops.append(response.headers)  # a redirector may say what the file is (X-Linked-Etag)
-            try:
-                url = str(request.url.join(response.headers["location"]))
-            except (httpx.InvalidURL, UnicodeError) as exc:
-                raise _MirrorGone(ProtocolError(f"{mask_url(url)}: a redirect to an invalid URL ({exc})",
-                                                url=url)) from None
-        raise _MirrorGone(NetworkError(f"{mask_url(mirror.url)}: too many redirects (more than "
-                                       f"{MAX_REDIRECTS})", url=mirror.url))
-
-    def _request(self, url: str, extra: dict[str, str]) -> tuple[httpx.Request, bool]:
-        """The request for ``url``, and whether it may carry the user's credentials.
-
-        On another origin than the first URL's, every credential-bearing header goes,
-        the client's own defaults included; cookies from a cookie jar stay, since the jar
-        matches them to their domains.
-        """
-        credentials = self.mirrors.credentials(url)
-        request = self.engine.client.build_request("GET", url, headers=self._headers(url, extra))
-        if not credentials:
-            for name in [n for n in request.headers if is_credential_header(n) and n.lower() != "cookie"]:
-                del request.headers[name]
-        return request, credentials
-
-    def _headers(self, url: str, extra: dict[str, str]) -> httpx.Headers:
-        """The user's headers that may go to ``url``, then dlman's own, then identity (SPEC rule 1)."""
-        merged = httpx.Headers(self.mirrors.headers(url))
-        merged.update(extra)
-        merged["Accept-Encoding"] = "identity"
-        return merged
 
     # -- state and progress ------------------------------------------------------------
     async def _save(self) -> None:
@@ -892,70 +801,8 @@ class Transfer:
                             exc_info=True)
 
 
-class _Saver:
-    """Reports progress every ``PROGRESS_INTERVAL`` and saves the state every ``save_interval``.
-
-    A failed save is logged and tried again; ``SAVE_FAILURES`` in a row fail the
-    download (raised from the task, which the transfer waits on with its
-    connections). ``stop`` lets a save in flight finish, so no state file is
-    written after the file was published.
-    """
-
-    def __init__(self, transfer: Transfer) -> None:
-        self.transfer = transfer
-        self._stopping = asyncio.Event()
-        self.task = asyncio.create_task(self._run())
-
-    async def _run(self) -> None:
-        transfer = self.transfer
-        interval = transfer.engine.save_interval
-        last_save = time.monotonic()
-        failures = 0
-        while not self._stopping.is_set():
-            try:
-                await asyncio.wait_for(self._stopping.wait(), PROGRESS_INTERVAL)
-                return
-            except asyncio.TimeoutError:
-                pass
-            transfer._report()
-            if time.monotonic() - last_save < interval:
-                continue
-            try:
-                await transfer._save()
-                failures = 0
-            except DownloadError as exc:
-                failures += 1
-                if failures >= SAVE_FAILURES:
-                    raise
-                log.warning("%s (the state will be saved again)", exc)
-            last_save = time.monotonic()
-
-    async def stop(self) -> None:
-        self._stopping.set()
-        await asyncio.wait([self.task])
-        if not self.task.cancelled():
-            self.task.exception()  # already raised to the transfer if it failed
-
-
 # -- helpers ----------------------------------------------------------------------------
 _rng = random.Random()
-
-
-class _ReleasingStream(httpx.AsyncByteStream):
-    """A response body that gives back its host connection slot when closed."""
-
-    def __init__(self, inner: httpx.AsyncByteStream, release: Callable[[], None]) -> None:
-        self._inner = inner
-        self._release = release
-
-    def __aiter__(self):  # type: ignore[no-untyped-def]
-        return self._inner.__aiter__()
-
-    async def aclose(self) -> None:
-        try:
-            await self._inner.aclose()
-        finally:
-            self._release()
 
 
 def _ended_short(segment: Segment, expected: int | None) -> bool:
@@ -1002,12 +849,3 @@ async def _detail(response: httpx.Response, timeout: float) -> str | None:
         pass
     return reason_from_body(response.headers.get("content-type"), bytes(body[:REASON_BYTES]),
                             response.status_code, response.reason_phrase)
-
-
-def _certificate_problem(exc: Exception) -> bool:
-    cause: BaseException | None = exc
-    while cause is not None:
-        if isinstance(cause, ssl.SSLCertVerificationError):
-            return True
-        cause = cause.__cause__ or cause.__context__
-    return "CERTIFICATE_VERIFY_FAILED" in str(exc)

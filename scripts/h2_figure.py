@@ -28,21 +28,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import dlman  # noqa: E402
 import dlman.transport  # noqa: E402
+from machine import cpu_model  # noqa: E402
 from faultserver import make_data  # noqa: E402
 from h2server import H2Server  # noqa: E402
 
 MiB = 1 << 20
 PROTOCOLS = {"h2": True, "http/1.1": False}
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 def serve(pipe: Connection, size: int, sequential: bool) -> None:

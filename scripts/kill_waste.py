@@ -28,21 +28,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
+from machine import cpu_model  # noqa: E402
 from faultserver import FaultServer, make_data  # noqa: E402
 
 KiB, MiB = 1 << 10, 1 << 20
 SCRIPT = "import sys, dlman; dlman.download(sys.argv[1], sys.argv[2], connections=int(sys.argv[3]), timeout=10)"
 SCENARIOS = {"128k:1": (128 * KiB, 1, 2 * MiB), "512k:4": (512 * KiB, 4, 8 * MiB)}
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def one_run(server: FaultServer, rate: int, connections: int, size: int, seed: int) -> int:

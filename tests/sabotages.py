@@ -129,6 +129,19 @@ def _give_back() -> None:
     SegmentPlan.give_back = release_only
 
 
+def _reprove_after_refollow() -> None:
+    from dlman import transfer
+    real = transfer.Transfer._act
+
+    async def keep_verified(self, verdict, mirror, response, answer, *, pinned, key=None):  # type: ignore[no-untyped-def]
+        verified = set(self._verified)
+        try:
+            await real(self, verdict, mirror, response, answer, pinned=pinned, key=key)
+        finally:
+            self._verified |= verified
+    transfer.Transfer._act = keep_verified
+
+
 def _credentials_origin() -> None:
     from dlman import mirrors
     mirrors.allows_credentials = lambda url, credentials_origin: True
@@ -154,8 +167,8 @@ def _checksum() -> None:
 
 
 def _identity() -> None:
-    from dlman.transfer import Transfer
-    real = Transfer._headers
+    from dlman.request import Requester
+    real = Requester.headers
 
     def as_asked(self, url, extra):  # type: ignore[no-untyped-def]
         headers = real(self, url, extra)
@@ -163,7 +176,7 @@ def _identity() -> None:
             if name.lower() == "accept-encoding":
                 headers["Accept-Encoding"] = value
         return headers
-    Transfer._headers = as_asked
+    Requester.headers = as_asked
 
 
 def _weak_dates() -> None:
@@ -216,8 +229,39 @@ def _server_digest() -> None:
 
 
 def _save_retry() -> None:
-    from dlman import transfer
-    transfer.SAVE_FAILURES = 1
+    from dlman import saver
+    saver.SAVE_FAILURES = 1
+
+
+def _download_roots() -> None:
+    from dlman.server import paths, service
+
+    def anywhere(roots, directory, out):  # type: ignore[no-untyped-def]
+        import os
+        real = os.path.abspath(os.path.join(roots[0], directory or "."))
+        return real, out
+    paths.place = anywhere
+    service.place = anywhere
+
+
+def _rpc_token() -> None:
+    from dlman.server import jsonrpc, security
+    security.token_ok = lambda given, secret: True
+    jsonrpc.token_ok = security.token_ok
+
+
+def _web_origins() -> None:
+    from dlman.server import security
+    security.origin_allowed = lambda headers, allowed: True
+    security.host_allowed = lambda host, loopback: True
+
+
+def _auth_delay() -> None:
+    from dlman.server import app
+
+    async def at_once(self):  # type: ignore[no-untyped-def]
+        return None
+    app.Throttle.failed = at_once
 
 
 def _live_owner() -> None:
@@ -291,6 +335,9 @@ CATALOGUE: tuple[Sabotage, ...] = (
              (N + "test_a_connection_out_of_retries_hands_back_its_work",)),
     Sabotage("give-back", "a refused takeover goes back to the connection still streaming its range",
              _give_back, ("tests/test_presigned.py::test_running_connections_finish_after_the_url_expired",)),
+    Sabotage("reprove-after-refollow", "a redirect followed again must lead to a server that proves itself",
+             _reprove_after_refollow,
+             (N + "test_a_redirect_followed_again_to_another_server_must_prove_it_serves_the_same_file",)),
     Sabotage("credentials-origin", "credential headers go only to their own origin", _credentials_origin,
              (N + "test_credentials_go_only_to_the_origin_they_were_given_for",)),
     Sabotage("pinning", "a redirect's final URL is pinned for the attempt", _pinning,
@@ -320,6 +367,17 @@ CATALOGUE: tuple[Sabotage, ...] = (
               "tests/test_digests.py::test_the_digest_is_kept_for_the_resume")),
     Sabotage("save-retry", "a failed state save is retried, not fatal", _save_retry,
              (N + "test_a_failed_save_is_retried_and_later_saves_go_on",)),
+    Sabotage("download-roots", "dir and out from the network stay inside the download roots, symlinks included",
+             _download_roots,
+             ("tests/test_server.py::test_download_roots_symlinks_and_no_overwrite",
+              "tests/test_server_units.py::test_download_roots")),
+    Sabotage("rpc-token", "every aria2 call but system.list* carries the secret token", _rpc_token,
+             ("tests/test_server.py::test_token_right_wrong_missing_and_in_multicall",
+              "tests/test_server_units.py::test_dispatcher_token_rules")),
+    Sabotage("web-origins", "requests from foreign web origins and rebinding host names are refused", _web_origins,
+             ("tests/test_server.py::test_cors_preflight_origins_and_hosts",)),
+    Sabotage("auth-delay", "a refused token is answered late, one at a time", _auth_delay,
+             ("tests/test_server.py::test_token_right_wrong_missing_and_in_multicall",)),
     Sabotage("live-owner", "a live owner keeps its jobs however old its heartbeat", _live_owner,
              ("tests/test_queue.py::test_live_owner_keeps_its_job_however_old_its_heartbeat",
               "tests/test_cli_process.py::test_a_stopped_runner_keeps_its_job")),

@@ -3,7 +3,6 @@ the vendor headers, read (pure) and then verified through real downloads."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import json
@@ -13,7 +12,7 @@ import pytest
 import dlman
 from dlman.checksum import Checksum
 from dlman.digests import WANT_HEADERS, candidates, disagreement, strongest
-from helpers import fetch, saved_bytes
+from helpers import fetch, start_and_cancel
 
 MiB = 1 << 20
 DATA = b"hello world"
@@ -96,16 +95,7 @@ def test_the_digest_is_kept_for_the_resume(server, make_data, tmp_path):
     data = make_data(8 * MiB)
     res = server.add("/d", data, auto_etag=True, throttle=2 * MiB, headers=repr_digest(b"not the file"))
     dest = tmp_path / "d"
-
-    async def start_and_cancel() -> None:
-        async with dlman.Engine(timeout=5, connections=2) as engine:
-            task = asyncio.create_task(engine.download(server.url("/d"), dest))
-            while saved_bytes(dest) < 2 * MiB:
-                await asyncio.sleep(0.02)
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-    asyncio.run(start_and_cancel())
+    start_and_cancel(server.url("/d"), dest, 2 * MiB, connections=2)
     assert json.loads(dest.with_name("d.part.state").read_bytes())["digest_source"] == "repr-digest"
     res.headers, res.throttle = {}, None
     with pytest.raises(dlman.ChecksumError, match="repr-digest"):

@@ -143,6 +143,22 @@ def test_an_hmac_signature_is_checked_by_the_server_on_every_request(server, mak
     assert len(checked) == len(res.requests) >= 4 and all(checked)
 
 
+def test_auth_may_be_a_callable_or_a_tuple_as_httpx_accepts(server, make_data, tmp_path):
+    res = server.add("/f", make_data(MiB))
+
+    def sign(request: httpx.Request) -> httpx.Request:
+        request.headers["X-Signed"] = "yes"
+        return request
+
+    fetch(server.url("/f"), tmp_path / "a", auth=sign)
+    signed, res.requests = list(res.requests), []
+    fetch(server.url("/f"), tmp_path / "b", auth=("user", "pw"))
+    assert signed and all(r.headers.get("x-signed") == "yes" for r in signed)
+    assert res.requests and all(r.headers["authorization"].startswith("Basic ") for r in res.requests)
+    with pytest.raises(dlman.InvalidInputError, match="auth must be"):
+        dlman.Engine(auth=42)
+
+
 def test_auth_goes_only_to_the_origin_of_the_first_url(server, server2, make_data, tmp_path):
     data = make_data(8 * MiB)
     a = server.add("/m", data, throttle=4 * MiB)

@@ -14,7 +14,7 @@ import pytest
 
 import dlman
 from faultserver import FaultServer
-from helpers import fetch, saved_bytes
+from helpers import fetch, saved_bytes, start_and_cancel
 
 MiB = 1 << 20
 
@@ -22,26 +22,6 @@ MiB = 1 << 20
 
 def leftovers(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir() if p.name.endswith((".part", ".part.state")))
-
-
-async def interrupt_when(task: asyncio.Task, dest: Path, at_least: int, timeout: float = 20) -> None:
-    """Cancel ``task`` once the state of ``dest`` claims ``at_least`` bytes (polled, with a deadline)."""
-    deadline = time.monotonic() + timeout
-    while saved_bytes(dest) < at_least:
-        assert not task.done(), "the download ended before it could be interrupted"
-        assert time.monotonic() < deadline, "no progress was saved in time"
-        await asyncio.sleep(0.02)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-
-
-def start_and_cancel(url: str, dest: Path, at_least: int, **options) -> None:
-    async def main() -> None:
-        async with dlman.Engine(timeout=5, **options) as engine:
-            task = asyncio.create_task(engine.download(url, dest))
-            await interrupt_when(task, dest, at_least)
-    asyncio.run(main())
 
 
 # -- rule 1: identity encoding --------------------------------------------------------------

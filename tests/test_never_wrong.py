@@ -15,31 +15,14 @@ import os
 import threading
 import time
 from email.utils import formatdate
-from pathlib import Path
 
 import pytest
 
 import dlman
 from dlman import storage
-from helpers import fetch, saved_bytes, wait_for
+from helpers import fetch, saved_bytes, start_and_cancel, wait_for
 
 MiB = 1 << 20
-
-
-def start_and_cancel(url: str | list[str], dest: Path, at_least: int, **options) -> None:
-    """Download until the state claims ``at_least`` bytes, then cancel (as Ctrl-C would)."""
-    async def main() -> None:
-        async with dlman.Engine(timeout=5, **options) as engine:
-            task = asyncio.create_task(engine.download(url, dest))
-            deadline = time.monotonic() + 30
-            while saved_bytes(dest) < at_least:
-                assert not task.done(), "the download ended before it could be interrupted"
-                assert time.monotonic() < deadline, "no progress was saved in time"
-                await asyncio.sleep(0.02)
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-    asyncio.run(main())
 
 
 # -- one destination, one transfer ----------------------------------------------------------------
@@ -257,6 +240,24 @@ def test_an_expired_presigned_url_is_followed_again_from_its_redirector(server, 
     assert (tmp_path / "obj").read_bytes() == data
     assert any(r.status == 403 for r in obj.requests)  # the signature did expire meanwhile...
     assert len(redirector.requests) > 1                # ...and the original URL was followed again
+
+
+def test_a_redirect_followed_again_to_another_server_must_prove_it_serves_the_same_file(server, server2,
+                                                                                       make_data, tmp_path):
+    """The pinned URL expires; following the original again lands on a server with another version."""
+    old, other = make_data(8 * MiB, seed=1), make_data(8 * MiB, seed=2)
+    first = server2.add("/m1", old, enforce_expiry=True, first_range_throttle=256 << 10, throttle=2 * MiB)
+    server2.add("/m2", other, throttle=2 * MiB)
+    expires = f"?expires={time.time() + 0.8:.3f}"
+    server.add("/get", redirect_cycle=[server2.url("/m1") + expires, server2.url("/m2")])
+    dest = tmp_path / "f"
+    try:
+        fetch(server.url("/get"), dest, connections=4)
+    except dlman.DownloadError:
+        assert not dest.exists()
+    else:
+        assert dest.read_bytes() in (old, other)  # one version whole, never a mix
+    assert any(r.status == 403 for r in first.requests)
 
 
 def test_workers_never_start_on_a_mirror_known_dead(server, server2, make_data, tmp_path):

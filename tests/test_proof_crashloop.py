@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from dlman.transfer import PROGRESS_INTERVAL
+from dlman.saver import PROGRESS_INTERVAL
 from dlman.transport import HIGH_WATER as READ_BUFFER
 from helpers import saved_bytes
 

@@ -9,20 +9,17 @@ must lead to a clean restart with a warning, never to a crash or a wrong file.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import random
 import shutil
-import time
 from pathlib import Path
 
 import pytest
 
-import dlman
 import dlman.storage as storage
 from dlman.state import ResumeState
-from helpers import fetch, saved_bytes
+from helpers import fetch, start_and_cancel
 
 MiB = 1 << 20
 
@@ -56,22 +53,6 @@ def lose_unclaimed(part: Path, state: ResumeState, rng: random.Random, garbage: 
         for a, b in unclaimed:
             handle.seek(a)
             handle.write(rng.randbytes(b - a) if garbage else bytes(b - a))
-
-
-def cancel_after_saved(url: str, dest: Path, at_least: int, **options) -> None:
-    """Start a download and cancel it once its state claims ``at_least`` bytes."""
-    async def main() -> None:
-        async with dlman.Engine(timeout=5, **options) as engine:
-            task = asyncio.create_task(engine.download(url, dest))
-            deadline = time.monotonic() + 30
-            while saved_bytes(dest) < at_least:
-                assert not task.done(), "the download ended before it could be cancelled"
-                assert time.monotonic() < deadline, "no progress was saved in time"
-                await asyncio.sleep(0.01)
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-    asyncio.run(main())
 
 
 # -- the state claims only flushed bytes -------------------------------------------------------
@@ -132,7 +113,7 @@ def test_every_saved_state_claims_only_fsynced_bytes_and_resumes_from_a_power_cu
     dest = tmp_path / "run" / "pc.bin"
     dest.parent.mkdir()
     tracker = FlushTracker(monkeypatch, dest.with_name("pc.bin.part"))
-    cancel_after_saved(server.url("/pc.bin"), dest, 3 * MiB, connections=3, min_segment=512 << 10)
+    start_and_cancel(server.url("/pc.bin"), dest, 3 * MiB, connections=3, min_segment=512 << 10)
     monkeypatch.undo()
 
     assert tracker.violations == []
@@ -159,7 +140,7 @@ def test_resume_trusts_only_claimed_bytes_after_losing_the_unflushed_ones(server
     data = make_data(8 * MiB, seed=22)
     res = server.add("/lost.bin", data, throttle=512 << 10, auto_etag=True)
     dest = tmp_path / "lost.bin"
-    cancel_after_saved(server.url("/lost.bin"), dest, 1 * MiB, connections=4, min_segment=512 << 10)
+    start_and_cancel(server.url("/lost.bin"), dest, 1 * MiB, connections=4, min_segment=512 << 10)
     part, state_file = dest.with_name("lost.bin.part"), dest.with_name("lost.bin.part.state")
     backup = tmp_path / "backup"
     backup.mkdir()
@@ -258,7 +239,7 @@ def cut_mid_save(server, make_data, tmp_path) -> tuple[bytes, Path]:
     data = make_data(4 * MiB, seed=25)
     res = server.add("/tmp.bin", data, throttle=512 << 10, auto_etag=True)
     dest = tmp_path / "tmp.bin"
-    cancel_after_saved(server.url("/tmp.bin"), dest, 1 * MiB, connections=2, min_segment=512 << 10)
+    start_and_cancel(server.url("/tmp.bin"), dest, 1 * MiB, connections=2, min_segment=512 << 10)
     dest.with_name("tmp.bin.part.state.tmp").write_bytes(b'{"version":1,"url":"half-writ')
     res.throttle = None
     fetch(server.url("/tmp.bin"), dest, connections=2)
