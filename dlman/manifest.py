@@ -21,6 +21,7 @@ from dlman.options import check_connections, check_url, mask_url, parse_header
 KEYS = ("out", "dir", "checksum", "header", "connections", "split")
 _ALIASES = {"split": "connections"}
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_DRIVE = re.compile(r"[A-Za-z]:")
 
 
 class Entry(NamedTuple):
@@ -58,7 +59,7 @@ def _inside(key: str, value: str) -> str:
     if _CONTROL.search(value):
         raise InvalidInputError(f"{key} {value!r} holds a control character")
     path = value.replace("\\", "/")
-    if path.startswith("/") or re.match(r"^[A-Za-z]:", path):
+    if path.startswith("/") or _DRIVE.match(path):
         raise InvalidInputError(f"{key} {value!r} is absolute: it must stay inside its directory")
     if ".." in path.split("/"):
         raise InvalidInputError(f"{key} {value!r} leaves its directory")
@@ -109,7 +110,7 @@ def _target(entry: Entry) -> str:
     Without ``out`` the name comes from the server, so only the same URL twice in
     the same directory is a sure collision.
     """
-    directory = posixpath.normpath((entry.dir or ".").replace("\\", "/"))
+    directory = entry.dir or "."  # already normalised by check_dir
     if entry.out is not None:
         return f"{directory}\0file\0{entry.out}"
     return f"{directory}\0url\0{entry.urls[0] if entry.urls else ''}"

@@ -140,9 +140,9 @@ def migrate(conn: sqlite3.Connection) -> None:
         conn.execute(f"PRAGMA user_version = {number}")
 
 
-def _json_urls(urls: Sequence[str]) -> str:
-    """``json.dumps(list(urls))``, character for character, at a fraction of its cost per row."""
-    return "[" + ", ".join(map(encode_basestring_ascii, urls)) + "]"
+def _json_strings(strings: Iterable[str]) -> str:
+    """``json.dumps(list(strings))``, character for character, at a fraction of its cost per row."""
+    return "[" + ", ".join(map(encode_basestring_ascii, strings)) + "]"
 
 
 def _json_options(options: Any) -> str:
@@ -172,14 +172,14 @@ def _upsert(conn: sqlite3.Connection, new_jobs: Sequence[NewJob]) -> _Added:
         return added
     now, last, kept = added.now, added.last, added.kept
     requeue = []
-    for row in conn.execute(_ASKED_BEFORE, (json.dumps(list(last)),)):
+    for row in conn.execute(_ASKED_BEFORE, (_json_strings(last),)):
         request, state = row["request"], row["state"]
         new = last[request]
         if state == "active" or (state == "done" and stays_done(
                 row["total_bytes"], json.loads(row["options"]), new.options, size_on_disk(row["dest"]))):
             kept[request] = Job.from_row(row)
             continue
-        urls, options = _json_urls(new.urls), _json_options(new.options)
+        urls, options = _json_strings(new.urls), _json_options(new.options)
         bytes_done = 0 if state == "done" else row["bytes_done"]
         updated = row["updated"]
         if (state, row["urls"], row["options"], row["error"], row["bytes_done"]) != (
@@ -191,13 +191,17 @@ def _upsert(conn: sqlite3.Connection, new_jobs: Sequence[NewJob]) -> _Added:
                             row["created"], updated)
     conn.executemany("UPDATE jobs SET state = 'queued', urls = ?, options = ?, bytes_done = ?, error = NULL,"
                      " updated = ? WHERE id = ?", requeue)
+    fresh = [request for request in last if request not in kept]
     newest = conn.execute("SELECT coalesce(max(id), 0) FROM jobs").fetchone()[0]
     conn.executemany(
         "INSERT INTO jobs (urls, dest, dest_is_dir, output, request, options, state, created, updated)"
         " VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
-        ((_json_urls(new.urls), new.dest, int(new.dest_is_dir), new.output, request,
-          _json_options(new.options), now, now) for request, new in last.items() if request not in kept))
-    added.fresh.update(conn.execute("SELECT request, id FROM jobs WHERE id > ?", (newest,)))
+        ((_json_strings(new.urls), new.dest, int(new.dest_is_dir), new.output, request,
+          _json_options(new.options), now, now) for request, new in ((r, last[r]) for r in fresh)))
+    # Inside our transaction the new rows are exactly those past the old largest id, in the order inserted.
+    new_ids = [row[0] for row in conn.execute("SELECT id FROM jobs WHERE id > ? ORDER BY id", (newest,))]
+    assert len(new_ids) == len(fresh)
+    added.fresh.update(zip(fresh, new_ids))
     return added
 
 
