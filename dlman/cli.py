@@ -14,7 +14,8 @@ import signal
 import sqlite3
 import sys
 import traceback
-from collections.abc import Callable, Sequence
+from array import array
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -23,7 +24,7 @@ import click
 from dlman import __version__
 from dlman.checksum import parse_checksum
 from dlman.errors import InvalidInputError
-from dlman.manifest import ManifestError, parse_manifest
+from dlman.manifest import Entry, ManifestError, iter_manifest, read_lines
 from dlman.options import check_url, mask_header, mask_url, parse_header, parse_rate
 from dlman.progress import human_size, make_display, setup_logging
 from dlman.queue import STATES, Job, NewJob, Outcome, Queue, prepare, redact
@@ -164,72 +165,114 @@ def add(settings: Settings, urls: tuple[str, ...], input_file: str | None, outpu
     """
     common = {"connections": connections, "checksum": checksum, "headers": list(headers), "overwrite": overwrite,
               "http2": http2, "insecure": insecure, "retries": retries, "timeout": timeout}
-    new_jobs = _plan(urls, input_file, output, directory, common)
     queue = settings.queue()
-    added = _ids(job.id for job in queue.add_many(new_jobs))
+    added = _distinct(queue.add_stream(_plan(urls, input_file, output, directory, common)))
     if insecure and later:
         settings.say("warning: --insecure: TLS certificates of these jobs will not be verified")
     if later:
-        for job_id in added:
-            click.echo(job_id)
+        for start in range(0, len(added), 10_000):  # a million ids print in a blink, not one echo each
+            click.echo("\n".join(map(str, added[start:start + 10_000])))
         raise click.exceptions.Exit(EXIT_OK)
     raise click.exceptions.Exit(_run(settings, queue, jobs=jobs, ids=added, limit_rate=limit_rate))
 
 
+def _distinct(ids: Sequence[int]) -> array[int]:
+    """Queue ids in order, each once (the same request asked twice is one job), in little memory."""
+    seen = bytearray(max(ids, default=0) // 8 + 1)
+    kept: array[int] = array("q")
+    for job_id in ids:
+        if not seen[job_id >> 3] & (1 << (job_id & 7)):
+            seen[job_id >> 3] |= 1 << (job_id & 7)
+            kept.append(job_id)
+    return kept
+
+
 def _plan(urls: Sequence[str], input_file: str | None, output: str | None, directory: str,
-          common: dict[str, Any]) -> list[NewJob]:
-    """Every job ``add`` was asked for, all validated; Failure (exit 2) before anything is enqueued."""
+          common: dict[str, Any]) -> Iterator[NewJob]:
+    """Every job ``add`` was asked for, validated as it is read; it raises Failure (exit 2) after
+    the last line when anything was wrong, and the caller's transaction then enqueues nothing."""
     problems = []
     for url in urls:
         try:
             check_url(url)
         except InvalidInputError as error:
             problems.append(f"dlman: {error}")
-    entries = []
-    if input_file is not None:
-        try:
-            entries = parse_manifest(_read_manifest(input_file), "<stdin>" if input_file == "-" else input_file)
-        except ManifestError as error:
-            problems += error.problems
+    directory = os.path.abspath(directory)  # once, not once per entry
+    count = 0
+    misuse = None
+    templates: dict[tuple[Any, ...], NewJob] = {}
+    for url in urls:
+        count += 1
+        if not problems:
+            yield prepare(url, _as_dir(directory), output=output, **common)
+    try:
+        for entry in _manifest(input_file):
+            count += 1
+            if count > 1 and misuse is None:
+                misuse = ("-o/--output takes one URL only" if output else
+                          "--checksum takes one URL only" if common["checksum"] else None)
+            if problems or misuse:
+                continue
+            yield _entry_job(entry, directory, common, templates)
+    except ManifestError as error:
+        problems += error.problems
     if problems:
         if input_file is not None:
             problems.append("dlman: nothing was added")
         raise Failure("\n".join(problems), raw=True)
-    count = len(urls) + len(entries)
     if count == 0:
         raise click.UsageError("no URL given: pass one or more URLs, or -i FILE")
-    if output and count > 1:
-        raise click.UsageError("-o/--output takes one URL only")
-    if common["checksum"] and count > 1:
-        raise click.UsageError("--checksum takes one URL only")
-    planned = [prepare(url, _as_dir(directory), output=output, **common) for url in urls]
-    for entry in entries:
+    if misuse or (count > 1 and (output or common["checksum"])):
+        raise click.UsageError(misuse or ("-o/--output takes one URL only" if output else
+                                          "--checksum takes one URL only"))
+
+
+def _entry_job(entry: Entry, directory: str, common: dict[str, Any], templates: dict[tuple[Any, ...], NewJob]
+               ) -> NewJob:
+    """``prepare`` for one manifest entry. Entries that differ only in their URLs and names share
+    one ``prepare`` of their directory and options (the URLs and names were checked as the
+    manifest was read): a million of them would otherwise each pay for checking it all again."""
+    where = os.path.join(directory, entry.dir) if entry.dir else directory
+    key = (where, entry.headers, entry.connections, entry.checksum)
+    template = templates.get(key)
+    if template is None:
+        if len(templates) >= 1024:
+            templates.clear()
         options = dict(common)
         options["headers"] = list(common["headers"]) + list(entry.headers)
         if entry.connections is not None:
             options["connections"] = entry.connections
         if entry.checksum is not None:
             options["checksum"] = entry.checksum
-        where = os.path.join(directory, entry.dir) if entry.dir else directory
-        planned.append(prepare(list(entry.urls), _as_dir(where), output=entry.out, **options))
-    return planned
+        template = templates[key] = prepare(list(entry.urls), _as_dir(where), **options)
+    if entry.out is None:
+        return NewJob(urls=entry.urls, dest=template.dest, dest_is_dir=True, output=None, options=template.options)
+    # As prepare places an output: inside the directory (check_out normalised it and kept it there).
+    return NewJob(urls=entry.urls, dest=os.path.join(template.dest, entry.out), dest_is_dir=False,
+                  output=entry.out, options=template.options)
+
+
+def _manifest(source: str | None) -> Iterator[Entry]:
+    """The entries of the manifest ``-i`` names, read and checked a line at a time."""
+    if source is None:
+        return
+    name = "<stdin>" if source == "-" else source
+    try:
+        handle = sys.stdin.buffer if source == "-" else open(source, "rb")
+    except OSError as error:
+        raise Failure(f"cannot read manifest {source}: {error.strerror or error}") from None
+    try:
+        yield from iter_manifest(read_lines(handle, name), name)
+    except OSError as error:
+        raise Failure(f"cannot read manifest {source}: {error.strerror or error}") from None
+    finally:
+        if handle is not sys.stdin.buffer:
+            handle.close()
 
 
 def _as_dir(path: str) -> str:
     """A directory path that stays one even before it exists."""
     return path if path.endswith(os.sep) else path + os.sep
-
-
-def _read_manifest(source: str) -> str:
-    try:
-        if source == "-":
-            return sys.stdin.buffer.read().decode("utf-8")
-        with open(source, "rb") as handle:
-            return handle.read().decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise Failure(f"{source}: not UTF-8 text ({error.reason} at byte {error.start})") from None
-    except OSError as error:
-        raise Failure(f"cannot read manifest {source}: {error.strerror or error}") from None
 
 
 def _run(settings: Settings, queue: Queue, *, jobs: int = 4, ids: Sequence[int] | None = None,

@@ -200,6 +200,14 @@ def test_target_index_remembers_the_first_line_of_each_target() -> None:
         index.close()
 
 
+def test_duplicates_far_apart_in_a_long_manifest_are_reported_against_the_first() -> None:
+    lines = [f"http://h/{i}" for i in range(2000)] + ["http://h/7", "http://h/1999"]
+    with pytest.raises(ManifestError) as caught:
+        list(iter_manifest(lines, "m.txt"))
+    assert caught.value.problems == ("m.txt:2001: writes the same file as the entry on line 8",
+                                     "m.txt:2002: writes the same file as the entry on line 2000")
+
+
 def test_read_lines_splits_at_line_feeds_only_and_names_the_first_bad_byte() -> None:
     assert list(read_lines(io.BytesIO(b"a\r\nb\rc\n\xc3\xa9"), "m")) == ["a\r\n", "b\rc\n", "\u00e9"]
     with pytest.raises(InvalidInputError, match=re.escape("m: not UTF-8 text (invalid start byte at byte 6)")):
@@ -242,3 +250,29 @@ def test_the_url_shortcut_agrees_with_urlsplit(text: str) -> None:
     options._url_problem.cache_clear()
     said = options._url_problem(text)
     assert (said is None) == (_problem_by_urlsplit(text) is None), text
+
+
+# -- entries become jobs --------------------------------------------------------------------------------
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(lines, max_size=12), st.sampled_from([{}, {"connections": 5, "headers": ["B: 2"], "retries": 1}]))
+def test_entries_alike_share_one_prepare_and_get_exactly_what_prepare_gives(parts: list[str], extra: dict) -> None:
+    from dlman.cli import _entry_job
+    from dlman.queue import prepare
+
+    try:
+        entries = parse_manifest("\n".join(parts), "f")
+    except ManifestError:
+        return
+    common = {"connections": None, "checksum": None, "headers": [], "overwrite": False, "http2": False,
+              "insecure": False, "retries": None, "timeout": None, **extra}
+    directory, templates = posixpath.join("/base", "dir"), {}
+    for entry in entries * 2:
+        options = {**common, "headers": list(common["headers"]) + list(entry.headers)}
+        if entry.connections is not None:
+            options["connections"] = entry.connections
+        if entry.checksum is not None:
+            options["checksum"] = entry.checksum
+        where = posixpath.join(directory, entry.dir) if entry.dir else directory
+        expected = prepare(list(entry.urls), where + "/", output=entry.out, **options)
+        assert _entry_job(entry, directory, common, templates) == expected
