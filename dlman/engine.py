@@ -7,13 +7,14 @@ inside a running event loop too (a notebook) by running its own loop in a thread
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
+import contextlib
 import logging
 import os
 import ssl
-from collections.abc import Callable, Generator, Mapping, Sequence
+import threading
+from collections.abc import Callable, Coroutine, Generator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -27,12 +28,14 @@ from dlman.options import (
     normalise_headers,
     parse_rate,
 )
+from dlman.naming import reserved
 from dlman.ratelimit import RateLimiter
 from dlman.segments import DEFAULT_MIN_SEGMENT
 from dlman.result import DownloadResult, Progress
 from dlman.transfer import Transfer
 
 log = logging.getLogger("dlman")
+T = TypeVar("T")
 
 DEFAULT_CONNECTIONS = 8
 DEFAULT_RETRIES = 5
@@ -60,6 +63,21 @@ class _CallableAuth(httpx.Auth):
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         yield self.function(request)
+
+
+def _check_dest(dest: str | os.PathLike[str]) -> tuple[Path, bool]:
+    """The absolute destination and whether it is a directory (existing, or written with a slash)."""
+    try:
+        text = os.fspath(dest)
+        if "\0" in str(text):
+            raise ValueError("it holds a NUL character")
+        target = Path(os.path.abspath(text))
+        directory = target.is_dir() or text.endswith(("/", os.sep))
+    except (TypeError, ValueError) as exc:  # not a path, or a NUL in it
+        raise InvalidInputError(f"invalid destination {dest!r}: {exc}") from None
+    if not directory and reserved(target.name):
+        raise InvalidInputError(f"{target.name!r} is a name dlman keeps its partial data under: choose another")
+    return target, directory
 
 
 def _whole(value: object, name: str) -> int:
@@ -190,9 +208,7 @@ class Engine:
         parsed_checksum = parse_checksum(checksum) if checksum else None
         count = check_connections(connections) if connections is not None else self.connections
         merged = self.headers + normalise_headers(headers)
-        text = os.fspath(dest)
-        target = Path(os.path.abspath(text))
-        directory = target.is_dir() or text.endswith(("/", os.sep))
+        target, directory = _check_dest(dest)
         transfer = Transfer(self, urls, target, directory=directory, connections=count, headers=merged,
                             checksum=parsed_checksum,
                             overwrite=self.overwrite if overwrite is None else overwrite,
@@ -213,10 +229,42 @@ def download(url: str | Sequence[str], dest: str | os.PathLike[str] = ".", *,
 
     try:
         asyncio.get_running_loop()
-        in_loop = True
     except RuntimeError:
-        in_loop = False
-    if not in_loop:
         return asyncio.run(main())
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(asyncio.run, main()).result()
+    return _run_beside(main)
+
+
+def _run_beside(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run ``main`` on a loop of its own in a thread, the caller's loop being busy with this call
+    (a notebook). Ctrl-C while waiting cancels it there (state saved) before going on."""
+    box: dict[str, Any] = {}
+    ready = threading.Event()
+
+    async def run() -> T:
+        box["loop"], box["task"] = asyncio.get_running_loop(), asyncio.current_task()
+        ready.set()
+        return await main()
+
+    def thread_main() -> None:
+        try:
+            box["result"] = asyncio.run(run())
+        except BaseException as exc:  # handed over to the caller's thread
+            box["error"] = exc
+        finally:
+            ready.set()
+
+    thread = threading.Thread(target=thread_main, name="dlman-download", daemon=True)
+    thread.start()
+    try:
+        while thread.is_alive():
+            thread.join(0.05)
+    except BaseException:  # KeyboardInterrupt: stop the download as a cancel would, then go on
+        ready.wait()
+        if "task" in box:
+            with contextlib.suppress(RuntimeError):  # the loop has just ended
+                box["loop"].call_soon_threadsafe(box["task"].cancel)
+        thread.join()
+        raise
+    if "error" in box:
+        raise box["error"]
+    return box["result"]  # type: ignore[no-any-return]

@@ -125,7 +125,7 @@ def parse_content_disposition(value: str | None) -> str | None:
                 continue
             try:
                 extended = unquote(_unquote(encoded), encoding=charset or "utf-8", errors="strict")
-            except (LookupError, UnicodeDecodeError):
+            except (LookupError, UnicodeError):
                 continue
         elif key == "filename":
             plain = _unquote(raw)

@@ -15,6 +15,13 @@ PART_SUFFIX = ".part"
 STATE_SUFFIX = ".part.state"
 _MAX_NAME_BYTES = 240  # leaves room for ".part.state" under the usual 255-byte limit
 _UNSAFE = re.compile(r'[\x00-\x1f\x7f-\x9f/\\]')
+_RESERVED = re.compile(r"\.part(\.state(\.tmp)?|\.new)?$", re.IGNORECASE)
+
+
+def reserved(name: str) -> bool:
+    """Whether ``name`` is one dlman keeps beside a destination for itself (``NAME.part``, its state,
+    the state's temp file): a download under such a name would be taken for another's partial data."""
+    return bool(_RESERVED.search(name))
 
 
 def sanitise_name(name: str | None) -> str | None:
@@ -26,6 +33,7 @@ def sanitise_name(name: str | None) -> str | None:
     """
     if not name:
         return None
+    name = name.encode("utf-8", "ignore").decode("utf-8")  # lone surrogates from an exotic charset
     name = unicodedata.normalize("NFC", name)
     name = re.split(r"[/\\]", name)[-1]
     name = _trim(_UNSAFE.sub("", name))
@@ -36,6 +44,8 @@ def sanitise_name(name: str | None) -> str | None:
         budget = _MAX_NAME_BYTES - len(keep.encode()) - (1 if keep else 0)
         head = _trim((stem if keep else name).encode("utf-8")[:budget].decode("utf-8", "ignore"))
         name = f"{head}.{keep}" if keep and head else head
+    if reserved(name):
+        name += "_"
     return name or None
 
 

@@ -19,19 +19,22 @@ MAX_CONNECTIONS = 64
 _RATE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([kKmMgG]?)(?:i?[bB])?(?:/s)?\s*$")
 _UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_FIELD_VALUE = re.compile(r"^[\t\x20-\x7e]*$")  # RFC 9110 field-value, ASCII as httpx sends it
 
 Headers = list[tuple[str, str]]
 HeadersInput = Mapping[str, str] | Iterable[str] | Iterable[tuple[str, str]] | None
 
 
-def parse_rate(text: str | int | None) -> int | None:
+def parse_rate(text: str | float | None) -> int | None:
     """Bytes per second from ``"512K"``, ``"2M"``, ``"1.5G"`` (1024 multiples, as curl and aria2)."""
     if text is None:
         return None
-    if isinstance(text, int):
-        if text <= 0:
+    if isinstance(text, bool) or not isinstance(text, (str, int, float)):
+        raise InvalidInputError(f"invalid rate {text!r}: use bytes per second or a string like '2M'")
+    if isinstance(text, (int, float)):
+        if not 0 < text < 1 << 62:
             raise InvalidInputError(f"rate must be positive, got {text}")
-        return text
+        return max(1, int(text))
     match = _RATE.match(text)
     if not match:
         raise InvalidInputError(f"invalid rate {text!r}: use a number with an optional K, M or G suffix")
@@ -53,6 +56,9 @@ def parse_header(text: str) -> tuple[str, str]:
     value = value.strip()
     if "\r" in value or "\n" in value:
         raise InvalidInputError(f"invalid header {name!r}: the value holds a line break")
+    if not _FIELD_VALUE.match(value):
+        # the value is not repeated: it may be a token pasted with a stray character
+        raise InvalidInputError(f"invalid header {name!r}: the value holds a control or non-ASCII character")
     return name, value
 
 
@@ -78,8 +84,11 @@ def normalise_headers(headers: HeadersInput) -> Headers:
 SECRET_WORDS = ("token", "secret", "passw", "signature", "credential")
 """Any header or parameter whose name says it carries one of these (X-Upload-Token, client_secret)."""
 
-_SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "x-api-key", "api-key"})
-"""Headers that carry credentials under a name that does not say so."""
+_SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "x-api-key", "api-key", "apikey",
+                             "x-goog-api-key", "ocp-apim-subscription-key", "x-auth-key", "x-auth-email",
+                             "x-jfrog-art-api", "private-token", "x-functions-key"})
+"""Headers that carry credentials under a name that does not say so (Google, Azure API Management and
+Functions, Supabase/Kong, Cloudflare, Artifactory, GitLab): whoever holds the value acts as the user."""
 
 AWS_PRESIGNED = frozenset({"x-amz-signature", "x-amz-credential", "x-amz-security-token",
                            "awsaccesskeyid", "signature"})
@@ -107,8 +116,13 @@ API_KEYS = frozenset({"key", "api_key", "apikey", "api-key", "x-api-key", "acces
 PASSWORDS = frozenset({"password", "passwd", "pass", "pwd", "secret", "client_secret"})
 """Passwords and client secrets that some servers accept as parameters."""
 
+CDN_SIGNED = frozenset({"auth_key", "hdnts", "hdnea", "__token__", "md5", "st", "e", "hash", "verify"})
+"""Signed CDN URLs: Alibaba Cloud (auth_key), Akamai token auth (hdnts, hdnea, __token__), nginx's
+secure_link and similar (md5 or hash with st/e expiry), Tencent (sign, verify): a link that works
+for whoever reads it until it expires."""
+
 CREDENTIAL_PARAMETERS = (AWS_PRESIGNED | GOOGLE_SIGNED | CLOUDFRONT_SIGNED | AZURE_SAS | BEARER_TOKENS
-                         | API_KEYS | PASSWORDS)
+                         | API_KEYS | PASSWORDS | CDN_SIGNED)
 """Query (and fragment) parameter names, lower case, whose values are masked wherever a URL is shown."""
 
 MASK = "***"
@@ -208,36 +222,61 @@ def redact(text: str) -> str:
 
 
 def check_url(url: str) -> str:
-    """The URL, if it is an absolute http(s) URL with a host; else InvalidInputError."""
-    text = url.strip()
-    problem = _url_problem(text)
+    """The URL, if it is an absolute http(s) URL with a host that httpx accepts; else InvalidInputError."""
+    problem = _url_problem(url)
     if problem:
         raise InvalidInputError(f"invalid URL {mask_url(url)!r}: {problem}")
-    return text
+    return url.strip()
 
 
-# The everyday shape of a valid URL (http(s), a plain host, an optional port, no white space), told
-# in one match; anything else, valid or not, goes through urlsplit. Hosts are ASCII here, so the
-# match says exactly what urlsplit would: a scheme, a non-empty host and the port's digits.
-_PLAIN_URL = re.compile(r"(?i:https?)://[A-Za-z0-9._~-]+(?::(\d{1,5}))?(?:[/?#]\S*)?")
+# The everyday shape of a valid URL (http(s), a plain ASCII host, an optional port, no white space),
+# told in one match; anything else, valid or not, goes through urlsplit and httpx. For this shape
+# httpx can only refuse a bad IPv4 address, an "xn--" label it cannot decode, or a URL too long.
+_PLAIN_URL = re.compile(r"(?i:https?)://([A-Za-z0-9._~-]+)(?::(\d{1,5}))?(?:[/?#]\S*)?")
+_IPV4_STYLE = re.compile(r"[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+")
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
+_LONGEST_URL = 65536  # httpx refuses longer ones
+
+
+def _plain_host(host: str) -> bool:
+    """Whether httpx takes this host of a URL of the everyday shape as it is."""
+    if host[:4].lower() == "xn--":
+        return False
+    if _IPV4_STYLE.fullmatch(host):
+        import ipaddress
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            return False
+    return True
 
 
 @functools.lru_cache(maxsize=256)  # a manifest's URL is checked as it is read, then again by prepare
-def _url_problem(text: str) -> str | None:
+def _url_problem(url: str) -> str | None:
+    text = url.strip()
     plain = _PLAIN_URL.fullmatch(text)
-    if plain and (plain.group(1) is None or 0 < int(plain.group(1)) < 65536):
+    if plain is None or not (plain.group(2) is None or 0 < int(plain.group(2)) < 65536):
+        plain = None
+        try:
+            parts = urlsplit(text)
+            port = parts.port
+        except ValueError:
+            parts, port = None, -1
+        if parts is None or parts.scheme.lower() not in ("http", "https") or not parts.hostname or not (
+                port is None or 0 < port < 65536):
+            return "expected http:// or https:// with a host"
+        if _SPACE.search(text):
+            return "it contains whitespace"
+    if _CONTROL_CHARACTER.search(url):
+        return "it contains a control character"
+    if plain is not None and len(text) <= _LONGEST_URL and _plain_host(plain.group(1)):
         return None
+    import httpx  # here, not at the top: the command line starts without it
+
     try:
-        parts = urlsplit(text)
-        port = parts.port
-    except ValueError:
-        port = -1
-        parts = None
-    if parts is None or parts.scheme.lower() not in ("http", "https") or not parts.hostname or not (
-            port is None or 0 < port < 65536):
-        return "expected http:// or https:// with a host"
-    if _SPACE.search(text):
-        return "it contains whitespace"
+        httpx.URL(text).host  # the host is decoded lazily: an IDNA label httpx refuses, say
+    except (httpx.InvalidURL, UnicodeError, ValueError) as exc:
+        return str(exc)
     return None
 
 

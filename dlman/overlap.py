@@ -22,9 +22,20 @@ def overlap_before(pos: int, written: list[tuple[int, int]], limit: int = OVERLA
     return 0
 
 
-def probe_range(written: list[tuple[int, int]], limit: int = PROBE_BYTES) -> tuple[int, int] | None:
-    """A written stretch to compare a new source against: the end of the longest one."""
-    if not written:
-        return None
-    start, end = max(written, key=lambda r: (r[1] - r[0], -r[0]))
-    return max(start, end - limit), end
+def probe_spans(written: list[tuple[int, int]], limit: int = PROBE_BYTES) -> list[tuple[int, int]]:
+    """Written stretches to compare a new source against, best first: the end of each stretch
+    (its latest bytes), longest stretch first, then the start of each."""
+    ordered = sorted(written, key=lambda r: (-(r[1] - r[0]), r[0]))
+    ends = [(max(start, end - limit), end) for start, end in ordered]
+    starts = [(start, min(end, start + limit)) for start, end in ordered]
+    return ends + [span for span in starts if span not in ends]
+
+
+def candidate_range(span: tuple[int, int]) -> tuple[int, int]:
+    """(offset, length) of a span, as a positioned read takes it."""
+    return span[0], span[1] - span[0]
+
+
+def informative(data: bytes) -> bool:
+    """Whether bytes can tell two files apart: not one value repeated (zeros, 0xFF padding)."""
+    return len(data) > 0 and data.count(data[:1]) != len(data)

@@ -146,7 +146,7 @@ class Action(Enum):
     FALLBACK = "fallback"    # ranges cannot be trusted: one plain stream from zero
     CHANGED = "changed"      # the source now holds another version of the file
     REFUSED = "refused"      # 416: the range lies outside the file (``total`` when known)
-    UNCONFIRMED = "unconfirmed"  # a 200 echoing our If-Range: ask again without it (no change)
+    UNCONFIRMED = "unconfirmed"  # If-Range neither honoured nor refused: ask again without it
 
 
 @dataclass(frozen=True)
@@ -194,6 +194,8 @@ def judge_first(answer: Answer, *, ranged: bool) -> tuple[Verdict, RemoteFile | 
         return Verdict(Action.ACCEPT, start=0, end=size), RemoteFile(size, False, answer.validators,
                                                                       answer.encoding)
     if answer.status == 416:
+        if not ranged:
+            return Verdict(Action.FATAL, "the server refused the whole file (HTTP 416)", status=416), None
         total = answer.content_range.total if answer.content_range is not None else None
         return Verdict(Action.REFUSED, "the server refused a range starting at 0 (HTTP 416)", total=total), None
     return _by_status(answer), None
@@ -238,6 +240,10 @@ def judge_range(answer: Answer, ask: RangeAsk, remote: RemoteFile,
         if ask.data_from is not None and content_range.end + 1 <= ask.data_from:
             return Verdict(Action.FALLBACK, f"the server announced {content_range.total} bytes but sends "
                                             f"none from {ask.data_from}")
+        if ask.if_range is not None and ask.if_range not in (answer.validators.etag, answer.validators.last_modified):
+            # RFC 9110 13.1.5: a 206 to If-Range carries the validator that matched. One without it
+            # proves nothing (a server ignoring If-Range): ask again without, the overlap as proof.
+            return Verdict(Action.UNCONFIRMED, f"a range came back without the validator {ask.if_range}")
         return Verdict(Action.ACCEPT, start=content_range.start, end=min(content_range.end + 1, ask.end))
     if answer.status == 200:
         if ask.if_range is not None:

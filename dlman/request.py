@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 
+from dlman.asynctools import within
 from dlman.client import MAX_REDIRECTS
 from dlman.errors import DownloadError, NetworkError, ProtocolError
 from dlman.mirrors import Mirrors
@@ -79,10 +80,11 @@ class Requester:
             log.info("GET %s %s", mask_url(url), extra.get("Range", ""))
             release = await engine.acquire_host_slot(request.url.host)
             try:
-                response = await asyncio.wait_for(
+                response = await within(
+                    max(0.0, deadline - loop.time()),
                     engine.client.send(request, stream=True, auth=engine.auth_for(request, credentials=credentials),
                                        follow_redirects=False),
-                    max(0.0, deadline - loop.time()))
+                    discard=lambda late: late.aclose())
             except asyncio.TimeoutError:
                 release()
                 raise Retry(f"no response within {engine.timeout:g}s") from None
@@ -102,8 +104,10 @@ class Requester:
             if not response.is_redirect:
                 response.stream = ReleasingStream(response.stream, release)  # type: ignore[arg-type]
                 return response
-            await response.aclose()
-            release()
+            try:
+                await response.aclose()
+            finally:
+                release()
             if hops is not None:
                 hops.append(response.headers)  # a redirector may say what the file is (X-Linked-Etag)
             try:
@@ -118,14 +122,19 @@ class Requester:
         """The request for ``url``, and whether it may carry the user's credentials.
 
         On another origin than the first URL's, every credential-bearing header goes,
-        the client's own defaults included; cookies from a cookie jar stay, since the jar
-        matches them to their domains.
+        the client's own defaults included; then the cookie jar adds back the cookies of that
+        domain, since the jar matches them to their domains.
         """
         credentials = self.mirrors.credentials(url)
-        request = self.engine.client.build_request("GET", url, headers=self.headers(url, extra))
+        client = self.engine.client
+        try:
+            request = client.build_request("GET", url, headers=self.headers(url, extra))
+        except (httpx.InvalidURL, UnicodeError, ValueError) as exc:  # a redirect to a URL httpx refuses
+            raise SourceGone(ProtocolError(f"{mask_url(url)}: cannot be requested ({exc})", url=url)) from None
         if not credentials:
-            for name in [n for n in request.headers if is_credential_header(n) and n.lower() != "cookie"]:
+            for name in [n for n in request.headers if is_credential_header(n)]:
                 del request.headers[name]
+            client.cookies.set_cookie_header(request)
         return request, credentials
 
     def headers(self, url: str, extra: dict[str, str]) -> httpx.Headers:

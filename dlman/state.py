@@ -54,6 +54,7 @@ class ResumeState:
     reference: str | None = None   # the source key whose first answer described the file
     digest: str | None = None      # the server's digest of the whole file ("sha256:HEX"), to verify
     digest_source: str | None = None   # the header it came from
+    encoding: str | None = None    # the Content-Encoding the bytes were served in (None: identity)
 
     @property
     def downloaded(self) -> int:
@@ -73,6 +74,7 @@ class ResumeState:
             "sources": {key: _encode_validators(v) for key, v in self.sources.items()},
             "digest": self.digest,
             "digest_source": self.digest_source,
+            "encoding": self.encoding,
         }, separators=(",", ":")).encode("utf-8")
 
     @classmethod
@@ -115,8 +117,11 @@ class ResumeState:
                 raise StateError("state has a bad digest") from None
         if digest_source is not None and not isinstance(digest_source, str):
             raise StateError("state has a bad digest source")
+        encoding = raw.get("encoding")
+        if encoding is not None and not isinstance(encoding, str):
+            raise StateError("state has a bad encoding")
         return cls(url, size, intervals, {k: _decode_validators(v) for k, v in sources.items()}, reference,
-                   digest, digest_source)
+                   digest, digest_source, encoding)
 
 
 def _decode_missing(missing: list[object], size: int) -> list[tuple[int, int]]:

@@ -29,6 +29,7 @@ from typing import TypeVar
 
 import aiofiles.os
 
+from dlman.asynctools import uninterrupted
 from dlman.checksum import Checksum, DigestStopped
 from dlman.errors import ChecksumError, DestinationBusyError, DestinationExistsError, DownloadError, StorageError
 from dlman.naming import part_path, state_path
@@ -210,27 +211,60 @@ def _same_content(fd: int, other: Path, stop: threading.Event, block_size: int =
             offset += len(mine)
 
 
-def _publish(part: Path, dest: Path, leftovers: tuple[Path, ...], overwrite: bool) -> None:
-    """Put the part under the destination name atomically, then drop the state, then flush the directory.
+def _still_ours(fd: int, path: Path) -> bool:
+    """Whether ``path`` still names the file open as ``fd`` (nobody renamed another file over it)."""
+    try:
+        return os.path.samestat(os.fstat(fd), os.lstat(path))
+    except FileNotFoundError:
+        return False
 
-    Without ``overwrite`` a hard link makes the name appear only if nothing holds
-    it yet (FileExistsError otherwise); where hard links are not supported, the
-    check and the rename are two steps.
+
+def _link_open_file(fd: int, part: Path, target: Path) -> None:
+    """Give ``target`` to the open file itself: through ``/proc/self/fd`` the link is made to the
+    locked inode, whatever ``NAME.part`` names now; elsewhere, by name once it is checked."""
+    try:
+        os.link(f"/proc/self/fd/{fd}", target, follow_symlinks=True)
+        return
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        if exc.errno not in (errno.ENOENT, errno.EPERM, errno.EINVAL, errno.EACCES):
+            raise  # ENOENT: no procfs; EPERM/EINVAL: not allowed here: the name it is
+    if not _still_ours(fd, part):
+        raise OSError(errno.ESTALE, "it was replaced by another file while downloading")
+    os.link(part, target, follow_symlinks=False)
+
+
+def _publish(fd: int, part: Path, dest: Path, leftovers: tuple[Path, ...], overwrite: bool) -> None:
+    """Put the verified file under the destination name atomically, then drop the state, then flush
+    the directory.
+
+    The name goes to the locked file (``_link_open_file``), never to whatever ``NAME.part`` names
+    by then. Without ``overwrite`` the link appears only if nothing holds the name yet
+    (FileExistsError otherwise); with it, a fresh link is renamed over the destination. Where hard
+    links are not supported, the part is renamed (after checking it is still ours, and that the
+    destination is free unless ``overwrite``).
     """
-    if overwrite:
+    staged = part.with_name(part.name + ".new") if overwrite else dest
+    try:
+        if overwrite:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(staged)
+        _link_open_file(fd, part, staged)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        if exc.errno not in _NO_HARD_LINKS:
+            raise
+        if not _still_ours(fd, part):
+            raise OSError(errno.ESTALE, "it was replaced by another file while downloading") from None
+        if not overwrite and os.path.lexists(dest):
+            raise FileExistsError(errno.EEXIST, "exists", str(dest)) from None
         os.replace(part, dest)
     else:
-        try:
-            os.link(part, dest, follow_symlinks=False)
-        except FileExistsError:
-            raise
-        except OSError as exc:
-            if exc.errno not in _NO_HARD_LINKS:
-                raise
-            if os.path.lexists(dest):
-                raise FileExistsError(errno.EEXIST, "exists", str(dest)) from None
-            os.replace(part, dest)
-        else:
+        if overwrite:
+            os.replace(staged, dest)
+        if _still_ours(fd, part):
             os.unlink(part)
     for leftover in leftovers:
         with contextlib.suppress(FileNotFoundError):
@@ -282,15 +316,26 @@ class PartFile:
         # Created by our lock, no state file found beside it, nothing written since: empty, nothing to clear.
         self._pristine = False
         self._saving = asyncio.Lock()  # one state write at a time: they share the temp file
+        self.published = False  # the destination name is the file's: nothing of it is partial any more
 
     @property
     def locked(self) -> bool:
         return self._fd is not None
 
     async def lock(self) -> None:
-        """Own the destination: open ``NAME.part`` and hold its lock until ``release``."""
-        try:
+        """Own the destination: open ``NAME.part`` and hold its lock until ``release``.
+
+        A cancel while the opening thread runs waits for it and gives the lock back, so that
+        no descriptor is left holding the destination for the rest of the process.
+        """
+        async def open_and_keep() -> None:
             self._fd, self._created = await _lock(self.part, self.dest)
+
+        try:
+            await uninterrupted(open_and_keep())
+        except asyncio.CancelledError:
+            self.release()
+            raise
         except _Busy:
             raise DestinationBusyError(f"{self.dest} is being downloaded by another transfer; "
                                        "try again when it has finished", path=str(self.dest)) from None
@@ -384,7 +429,10 @@ class PartFile:
     async def same_as(self, other: Path) -> bool:
         """Whether the part holds exactly the bytes of ``other`` (an existing destination)."""
         assert self._fd is not None
-        return await stoppable(functools.partial(_same_content, self._fd, other))
+        try:
+            return await stoppable(functools.partial(_same_content, self._fd, other))
+        except OSError as exc:
+            raise storage_error(exc, other) from None
 
     async def delete(self) -> None:
         """Remove partial data and state (a bad checksum); the lock is held until ``release``."""
@@ -419,9 +467,13 @@ class PartFile:
                     f"{self.dest}: {checksum.algorithm} checksum mismatch (expected{origin} "
                     f"{checksum.hexdigest}, got {digest}); the bad data was deleted",
                     url=url, path=str(self.dest))
+        async def publish() -> None:
+            await _rename_into_place(self._fd, self.part, self.dest,
+                                     (self.state_file, _temp_state(self.state_file)), overwrite)
+            self.published = True
+
         try:
-            await _rename_into_place(self.part, self.dest, (self.state_file, _temp_state(self.state_file)),
-                                     overwrite)
+            await uninterrupted(publish())  # a cancel now waits for the rename, then goes on
         except FileExistsError:
             raise DestinationExistsError(
                 f"{self.dest} appeared while downloading; the complete data is kept in {self.part}; "

@@ -19,6 +19,7 @@ import functools
 import logging
 import os
 import random
+import stat
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 
+from dlman.asynctools import uninterrupted
 from dlman.checksum import Checksum, file_digest, parse_checksum
 from dlman.digests import WANT_HEADERS, candidates, disagreement, strongest
 from dlman.errors import (
@@ -41,7 +43,7 @@ from dlman.errors import (
 from dlman.mirrors import Mirror, Mirrors
 from dlman.naming import choose_name, contained
 from dlman.options import Headers, mask_url
-from dlman.overlap import PROBE_BYTES, overlap_before, probe_range
+from dlman.overlap import PROBE_BYTES, candidate_range, informative, overlap_before, probe_spans
 from dlman.receiver import Mismatch, Receiver, Stalled
 from dlman.remote import (
     REASON_BYTES,
@@ -146,7 +148,8 @@ class Transfer:
         self.receivers: set[Receiver] = set()
         self.active = 0               # connections receiving a body now
         self.running = 0              # connection tasks still running
-        self._verified: set[int] = set()
+        self._verified: set[int] = set()    # mirrors proven in this attempt (by index)
+        self._proven: set[int] = set()      # connections writing bytes of proven sources
         self._probe_locks: dict[int, asyncio.Lock] = {}
         self._callback_failed = False
         # large positioned writes are cheap per byte; the budget keeps memory flat with many connections
@@ -184,6 +187,7 @@ class Transfer:
         self.resumed = self.compare_existing = False
         self.mirrors.new_attempt()
         self._verified.clear()
+        self._proven.clear()
         if not self.directory:
             await self._own(self.dest_arg)
             if os.path.lexists(self.dest_arg) and not self.overwrite:
@@ -294,7 +298,7 @@ class Transfer:
         self.sources = dict(state.sources)
         self.reference = state.reference
         validators = state.sources.get(state.reference or "", Validators())
-        self.remote = RemoteFile(state.size, True, validators, None)
+        self.remote = RemoteFile(state.size, True, validators, state.encoding)
         self.plan = SegmentPlan(state.size, state.missing, min_segment=self.engine.min_segment)
         self.plan.split_evenly(self.connections)
         log.info("%s: resuming %s at %d of %d bytes", self.name, self.path, self.plan.downloaded, state.size)
@@ -379,12 +383,17 @@ class Transfer:
         self._choose_checksum()
         if self.overwrite or not os.path.lexists(path):
             return None
-        if path.is_dir():
+        try:
+            info = path.stat()
+        except OSError:
+            raise DestinationExistsError(f"{path} is a symbolic link to nothing; pass --overwrite to replace it",
+                                         url=self.url, path=str(path)) from None
+        if stat.S_ISDIR(info.st_mode):
             raise DestinationExistsError(f"{path} is a directory", url=self.url, path=str(path))
         if remote.size is None:
             self.compare_existing = True
             return None
-        size = path.stat().st_size
+        size = info.st_size
         expected = self.expected[0] if self.expected else None
         if size == remote.size and (expected is None or await stoppable(functools.partial(
                 file_digest, str(path), expected.algorithm)) == expected.hexdigest):
@@ -435,16 +444,20 @@ class Transfer:
                 raise NetworkError(f"{self.name}: every connection stopped before the end of the file",
                                    url=self.url, path=str(self.path))
         except BaseException:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            if opening is not None:
-                await opening.response.aclose()
-            await saver.stop()
-            await self._save_quietly()
-            self._report()
+            await uninterrupted(self._stop(tasks, opening, saver))
             raise
         return await self._publish()
+
+    async def _stop(self, tasks: list[asyncio.Task[None]], opening: _Opening | None, saver: Saver) -> None:
+        """Stop every connection (each writes what it holds), then the saver, then save once more."""
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if opening is not None:
+            await opening.response.aclose()
+        await saver.stop()
+        await self._save_quietly()
+        self._report()
 
     async def _publish(self) -> DownloadResult:
         part, path = self.part, self.path
@@ -456,7 +469,7 @@ class Transfer:
         try:
             size = await part.finish(size, checksum, self.name, overwrite=self.overwrite, source=source)
         except BaseException as exc:
-            if not isinstance(exc, ChecksumError):  # the data is kept: so is its state
+            if not isinstance(exc, ChecksumError) and not part.published:  # the data is kept: so is its state
                 await self._save_quietly()
             raise
         self._report()
@@ -508,6 +521,7 @@ class Transfer:
                 segment = None
         finally:
             self.running -= 1
+            self._proven.discard(index)
 
     def _others_running(self) -> bool:
         """Whether a connection that gives up may leave its work to others (SPEC rule 6)."""
@@ -520,13 +534,14 @@ class Transfer:
         failures = 0
         while not segment.done:
             if mirror is None or mirror.dead:
+                self._proven.discard(index)
                 mirror = self.mirrors.pick(index)
                 if mirror is None:
                     raise _GiveUp(self._last_failure())
             before = segment.pos
             try:
+                await self._verify(mirror, index)
                 if opening is None:
-                    await self._verify(mirror)
                     response, verdict, expect = await self._ask(mirror, segment)
                 else:
                     response, verdict, expect = opening.response, opening.verdict, b""
@@ -642,44 +657,59 @@ class Transfer:
                 raise _Restart("the remote size changed")
 
     # -- proving a source --------------------------------------------------------------
-    async def _verify(self, mirror: Mirror) -> None:
+    async def _verify(self, mirror: Mirror, index: int) -> None:
         """Before the first byte from a source not yet proven: compare a stretch already on disk.
 
         The source that described the file in this attempt is the file; one with
         a validator for If-Range proves itself on every request. Any other (a
         mirror, a redirect to a server not seen before, a resume without
         validators) must first serve bytes identical to those on disk.
+        Connection ``index`` counts as writing proven bytes from then on.
         """
-        if mirror.index in self._verified:
-            return
-        lock = self._probe_locks.setdefault(mirror.index, asyncio.Lock())
-        async with lock:
-            if mirror.index in self._verified:
-                return
-            key = source_key(mirror.ask)
-            known = self.sources.get(key)
-            trusted = key == self.reference and not self.resumed
-            protected = known is not None and known.if_range() is not None and key not in self.unconfirmed
-            if not (trusted or protected):
-                await self._probe(mirror)
-            self._verified.add(mirror.index)
+        if mirror.index not in self._verified:
+            lock = self._probe_locks.setdefault(mirror.index, asyncio.Lock())
+            async with lock:
+                if mirror.index not in self._verified:
+                    key = source_key(mirror.ask)
+                    known = self.sources.get(key)
+                    trusted = key == self.reference and not self.resumed
+                    protected = (known is not None and known.if_range() is not None
+                                 and key not in self.unconfirmed)
+                    if not (trusted or protected):
+                        await self._probe(mirror, index)
+                    self._verified.add(mirror.index)
+        self._proven.add(index)
 
-    async def _probe(self, mirror: Mirror) -> None:
+    async def _probe(self, mirror: Mirror, index: int) -> None:
+        """Compare bytes the mirror serves with bytes on disk that can tell two files apart.
+
+        It waits for such bytes while another connection writes proven ones. With
+        none left, it compares what there is; with nothing on disk at all, the
+        mirror's answers define the file (it becomes the reference).
+        """
         assert self.plan is not None and self.part is not None and self.remote is not None
-        plan = self.plan
-        wanted = min(PROBE_BYTES, plan.size)
-        deadline = time.monotonic() + self.engine.timeout
+        wanted = min(PROBE_BYTES, self.plan.size)
         while True:
-            span = probe_range(plan.written())
-            if span is not None and span[1] - span[0] >= wanted:
+            written = self.plan.written()
+            span, expect = None, b""
+            for candidate in probe_spans(written):
+                data = await self.part.read(*candidate_range(candidate))
+                if informative(data) and len(data) >= wanted:
+                    span, expect = candidate, data
+                    break
+            if span is not None:
                 break
-            if self.resumed or time.monotonic() > deadline:
-                if span is None:
-                    return  # nothing on disk to splice with: any source will do
+            if not self._proven - {index}:  # nobody else writes proven bytes: do with what there is
+                if not written:
+                    self.reference = source_key(mirror.ask)
+                    log.info("%s: %s defines the file (nothing on disk to compare it with)", self.name,
+                             mask_url(mirror.ask))
+                    return
+                span = probe_spans(written)[0]
+                expect = await self.part.read(*candidate_range(span))
                 break
-            await asyncio.sleep(0.05)  # the first bytes of the file are on their way
+            await asyncio.sleep(0.05)  # proven bytes are on their way
         start, end = span
-        expect = await self.part.read(start, end - start)
         log.info("%s: checking %s against bytes %d-%d on disk", self.name, mask_url(mirror.ask), start, end - 1)
         response = await self.requests.get(mirror.ask, {"Range": f"bytes={start}-{end - 1}"})
         try:
@@ -712,8 +742,9 @@ class Transfer:
             return
         if action is Action.RETRY:
             raise Retry(verdict.why, verdict.after)
-        if action is Action.UNCONFIRMED:
+        if action is Action.UNCONFIRMED:  # the source must prove itself by its bytes from now on
             self.unconfirmed.add(key or source_key(mirror.ask))
+            self._verified.discard(mirror.index)
             raise Retry(verdict.why, 0.0)
         if action is Action.REFUSED:
             self.refused_ranges += 1
@@ -775,13 +806,14 @@ class Transfer:
             await receiver.flush()
         server = self.expected if self.expected and self.expected[1] != "given" else None
         state = ResumeState(self.name, self.plan.size, self.plan.missing(), dict(self.sources), self.reference,
-                            str(server[0]) if server else None, server[1] if server else None)
+                            str(server[0]) if server else None, server[1] if server else None,
+                            self.remote.encoding)
         await self.part.save_state(state)
 
     async def _save_quietly(self) -> None:
         """The last save of a download that is stopping: a failure must not hide why it stopped."""
         try:
-            await asyncio.shield(self._save())
+            await uninterrupted(self._save())
         except DownloadError as exc:  # the old state still holds
             log.warning("%s", exc)
 

@@ -118,6 +118,7 @@ class Resource:
     redirect_cycle: list[str] = field(default_factory=list)  # each request to the next in turn
     presign_ttl: float | None = None  # redirect to redirect_to?expires=NOW+TTL&X-Amz-Signature=...
     enforce_expiry: bool = False  # 403 (S3's XML) once the query's ``expires`` has passed
+    expire_after: int | None = None  # ...or, the same, for every request after this many
     ignore_if_range: bool = False  # honour Range but answer 206 whatever If-Range says
     weak_date_window: float | None = None  # Apache: an If-Range date this fresh is weak (200)
     overlong_206: int | None = None  # junk bytes appended after a 206 body (Content-Length counts them)
@@ -668,7 +669,8 @@ class FaultServer:
                 signature = hashlib.sha256(f"{target}{expires}".encode()).hexdigest()
                 target += f"?expires={expires:.3f}&X-Amz-Signature={signature}"
             return self._simple_plan(res.redirect_status, {"Location": target}, res)
-        if res.enforce_expiry and self._expired(req):
+        expired_by_count = res.expire_after is not None and len(res.requests) > res.expire_after
+        if expired_by_count or (res.enforce_expiry and self._expired(req)):
             body = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code>'
                     b"<Message>Request has expired</Message></Error>")
             return _Plan(403, [("Content-Type", "application/xml"), ("Content-Length", str(len(body)))]

@@ -86,7 +86,7 @@ def _no_clobber() -> None:
     from dlman import storage
     real = storage._publish
     storage._rename_into_place = storage.aiofiles.os.wrap(
-        lambda part, dest, leftovers, overwrite: real(part, dest, leftovers, True))
+        lambda fd, part, dest, leftovers, overwrite: real(fd, part, dest, leftovers, True))
 
 
 def _nofollow() -> None:

@@ -37,10 +37,11 @@ def test_running_connections_finish_after_the_url_expired(server, make_data, tmp
 
 def test_an_expired_url_fails_only_when_no_connection_can_go_on_and_says_so(server, make_data, tmp_path):
     data = make_data(4 * MiB)
-    res = server.add("/obj", data, etag='"o"', enforce_expiry=True, throttle=1 * MiB)
+    # The signature holds for the first two requests (both connections' first ranges), no more.
+    res = server.add("/obj", data, etag='"o"', expire_after=2, throttle=1 * MiB)
     dest = tmp_path / "obj"
     with pytest.raises(dlman.HTTPStatusError) as failure:
-        fetch(signed(server, "/obj", 0.5), dest, connections=2)
+        fetch(signed(server, "/obj", 60), dest, connections=2)
     message = str(failure.value)
     assert "HTTP 403: Request has expired" in message and "probably expired" in message
     assert "0123abcd" not in message  # the signature is a credential: masked
@@ -48,6 +49,7 @@ def test_an_expired_url_fails_only_when_no_connection_can_go_on_and_says_so(serv
     served = res.bytes_served
 
     # A fresh URL for the same object resumes the partial data: the state belongs to the file.
+    res.expire_after = None
     fetch(signed(server, "/obj", 60), dest, connections=2)
     assert dest.read_bytes() == data
     assert res.bytes_served - served < len(data) - MiB  # the rest, not the whole file again
@@ -55,7 +57,7 @@ def test_an_expired_url_fails_only_when_no_connection_can_go_on_and_says_so(serv
 
 def test_the_cli_reports_an_expired_url_and_a_fresh_one_resumes(server, make_data, tmp_path):
     data = make_data(4 * MiB)
-    res = server.add("/obj", data, etag='"o"', enforce_expiry=True, throttle=512 << 10)
+    res = server.add("/obj", data, etag='"o"', expire_after=2, throttle=1 * MiB)
     env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
     env.update(DLMAN_HOME=str(tmp_path / "home"), NO_PROXY="*")
 
@@ -63,11 +65,11 @@ def test_the_cli_reports_an_expired_url_and_a_fresh_one_resumes(server, make_dat
         return subprocess.run([sys.executable, "-m", "dlman", "add", "-c", "2", "--timeout", "5", "-o", "obj",
                                "-d", str(tmp_path), url], env=env, capture_output=True, text=True, timeout=60)
 
-    expired = dlman_add(signed(server, "/obj", 1.5))  # valid for the first requests only
+    expired = dlman_add(signed(server, "/obj", 60))  # valid for the first two requests only
     assert expired.returncode == 1
     assert "Request has expired" in expired.stderr and "probably expired" in expired.stderr
     assert "0123abcd" not in expired.stderr
-    served = res.bytes_served
+    served, res.expire_after = res.bytes_served, None
     fresh = dlman_add(signed(server, "/obj", 60))
     assert fresh.returncode == 0, fresh.stderr
     assert (tmp_path / "obj").read_bytes() == data

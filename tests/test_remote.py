@@ -106,7 +106,9 @@ ASK = RangeAsk(100, 500, '"v1"')
 
 @pytest.mark.parametrize("status, headers, ask, action", [
     (206, {"content_range": "bytes 100-499/1000", "content_length": "400", "etag": '"v1"'}, ASK, Action.ACCEPT),
-    (206, {"content_range": "bytes 100-199/1000"}, ASK, Action.ACCEPT),                  # shorter: the rest later
+    (206, {"content_range": "bytes 100-199/1000", "etag": '"v1"'}, ASK, Action.ACCEPT),  # shorter: the rest later
+    (206, {"content_range": "bytes 100-499/1000"}, ASK, Action.UNCONFIRMED),             # no validator: proves nothing
+    (206, {"content_range": "bytes 100-499/1000", "last_modified": DATE}, RangeAsk(100, 500, DATE), Action.ACCEPT),
     (206, {"content_range": "bytes 100-499/1000", "etag": '"v2"'}, ASK, Action.CHANGED),  # If-Range ignored
     (206, {"content_range": "bytes 100-499/2000"}, ASK, Action.CHANGED),                 # another size
     (206, {"content_range": "bytes 101-499/1000"}, ASK, Action.FALLBACK),                # wrong start
@@ -130,14 +132,15 @@ def test_judge_range(status, headers, ask, action):
 
 
 def test_an_accepted_range_never_reaches_past_its_content_range_or_the_ask():
-    verdict = judge_range(answer(206, content_range="bytes 100-199/1000"), ASK, FILE, None)
+    verdict = judge_range(answer(206, content_range="bytes 100-199/1000", etag='"v1"'), ASK, FILE, None)
     assert (verdict.start, verdict.end) == (100, 200)
     verdict = judge_range(answer(206, content_range="bytes 100-999/1000"), RangeAsk(100, 500), FILE, None)
     assert (verdict.start, verdict.end) == (100, 500)
 
 
 def test_a_source_not_heard_from_has_no_validators_to_contradict():
-    verdict = judge_range(answer(206, content_range="bytes 100-499/1000", etag='"mirror"'), ASK, FILE, None)
+    verdict = judge_range(answer(206, content_range="bytes 100-499/1000", etag='"mirror"'), RangeAsk(100, 500),
+                          FILE, None)
     assert verdict.action is Action.ACCEPT
 
 
