@@ -1,24 +1,14 @@
-"""dlman: resumable, segmented downloads — an engine, a persistent queue and a command line."""
+"""dlman: resumable, segmented downloads — an engine, a persistent queue and a command line.
+
+The public names are imported on first use (module ``__getattr__``), so that ``dlman --version``
+and ``dlman --help`` start without loading httpx, asyncio and the engine.
+"""
 
 from __future__ import annotations
 
+import importlib
 import logging
-
-from dlman.engine import Engine, download
-from dlman.errors import (
-    ChecksumError,
-    DestinationBusyError,
-    DestinationExistsError,
-    DownloadError,
-    HTTPStatusError,
-    InvalidInputError,
-    NetworkError,
-    ProtocolError,
-    RemoteChangedError,
-    StorageError,
-)
-from dlman.queue import Job, Queue
-from dlman.result import DownloadResult, Progress
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
@@ -26,22 +16,47 @@ __version__ = "0.1.0"
 # write the engine's warnings to an embedding program's stderr.
 logging.getLogger("dlman").addHandler(logging.NullHandler())
 
-__all__ = [
-    "ChecksumError",
-    "DestinationBusyError",
-    "DestinationExistsError",
-    "DownloadError",
-    "DownloadResult",
-    "Engine",
-    "Progress",
-    "HTTPStatusError",
-    "InvalidInputError",
-    "Job",
-    "NetworkError",
-    "ProtocolError",
-    "Queue",
-    "RemoteChangedError",
-    "StorageError",
-    "__version__",
-    "download",
-]
+_ERRORS = ("ChecksumError", "DestinationBusyError", "DestinationExistsError", "DownloadError", "HTTPStatusError",
+           "InvalidInputError", "NetworkError", "ProtocolError", "RemoteChangedError", "StorageError")
+_WHERE = {
+    **{name: "dlman.errors" for name in _ERRORS},
+    "Engine": "dlman.engine",
+    "download": "dlman.engine",
+    "Job": "dlman.queue",
+    "Queue": "dlman.queue",
+    "DownloadResult": "dlman.result",
+    "Progress": "dlman.result",
+}
+
+if TYPE_CHECKING:
+    from dlman.engine import Engine, download
+    from dlman.errors import (
+        ChecksumError,
+        DestinationBusyError,
+        DestinationExistsError,
+        DownloadError,
+        HTTPStatusError,
+        InvalidInputError,
+        NetworkError,
+        ProtocolError,
+        RemoteChangedError,
+        StorageError,
+    )
+    from dlman.queue import Job, Queue
+    from dlman.result import DownloadResult, Progress
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'dlman' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # looked up once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE))
+
+
+__all__ = sorted([*_WHERE, "__version__"])

@@ -198,21 +198,25 @@ class Engine:
     async def download(self, url: str | Sequence[str], dest: str | os.PathLike[str] = ".", *,
                        on_progress: Callable[[Progress], None] | None = None,
                        checksum: str | None = None, connections: int | None = None,
-                       headers: HeadersInput = None, overwrite: bool | None = None) -> DownloadResult:
+                       headers: HeadersInput = None, overwrite: bool | None = None,
+                       max_speed: int | str | None = None) -> DownloadResult:
         """Download ``url`` (or several mirrors of one file) to ``dest``.
 
         ``dest`` is a file path, or a directory (existing, or ending with a slash)
-        in which the name comes from the server (SPEC rule 8).
+        in which the name comes from the server (SPEC rule 8). ``max_speed`` limits
+        this download alone (bytes/s or ``"2M"``), within the engine's ``limit_rate``.
         """
         urls = check_urls(url)
         parsed_checksum = parse_checksum(checksum) if checksum else None
+        speed = parse_rate(max_speed)
         count = check_connections(connections) if connections is not None else self.connections
         merged = self.headers + normalise_headers(headers)
         target, directory = _check_dest(dest)
         transfer = Transfer(self, urls, target, directory=directory, connections=count, headers=merged,
                             checksum=parsed_checksum,
                             overwrite=self.overwrite if overwrite is None else overwrite,
-                            on_progress=on_progress)
+                            on_progress=on_progress,
+                            limiter=RateLimiter(speed, within=self.limiter) if speed else self.limiter)
         return await transfer.run()
 
 
@@ -220,7 +224,8 @@ def download(url: str | Sequence[str], dest: str | os.PathLike[str] = ".", *,
              on_progress: Callable[[Progress], None] | None = None, checksum: str | None = None,
              **options: Any) -> DownloadResult:
     """Blocking download; engine options (connections, retries, timeout, headers, ...) as keywords."""
-    per_download = {k: options.pop(k) for k in ("connections", "headers", "overwrite") if k in options}
+    per_download = {k: options.pop(k) for k in ("connections", "headers", "overwrite", "max_speed")
+                    if k in options}
 
     async def main() -> DownloadResult:
         async with Engine(**options) as engine:

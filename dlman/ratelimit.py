@@ -1,6 +1,7 @@
-"""A token bucket shared by every connection of a run (``--limit-rate``).
+"""Token buckets: one shared by every connection of a run (``--limit-rate``), and one per
+download (``--max-speed``) that also spends from the run's.
 
-The bucket holds at most one second of tokens, so bursts stay within about a
+A bucket holds at most one second of tokens, so bursts stay within about a
 second's worth of bytes (the SPEC's promise) while connections share the rate.
 """
 
@@ -33,12 +34,19 @@ class TokenBucket:
 
 
 class RateLimiter:
-    """The asyncio face of a TokenBucket: ``await limiter.acquire(n)`` after receiving n bytes."""
+    """The asyncio face of a TokenBucket: ``await limiter.acquire(n)`` after receiving n bytes.
 
-    def __init__(self, rate: int) -> None:
+    ``within``: a wider limiter these bytes also count against (a download's own limit
+    inside the run's), so the slower of the two sets the pace.
+    """
+
+    def __init__(self, rate: int, *, within: "RateLimiter | None" = None) -> None:
         self.bucket = TokenBucket(rate)
+        self.within = within
 
     async def acquire(self, amount: int) -> None:
         wait = self.bucket.take(amount)
         if wait > 0:
             await asyncio.sleep(wait)
+        if self.within is not None:
+            await self.within.acquire(amount)

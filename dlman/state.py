@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from dlman.checksum import parse_checksum
 from dlman.errors import InvalidInputError
+from dlman.options import is_credential_parameter
 from dlman.remote import Validators
 from dlman.segments import complement, normalise
 
@@ -29,18 +30,32 @@ class StateError(ValueError):
     """The state file cannot be trusted."""
 
 
+_GRANT_PARAMETERS = frozenset({
+    "expires", "x-amz-date", "x-amz-expires", "x-amz-algorithm", "x-amz-signedheaders",
+    "x-goog-date", "x-goog-expires", "x-goog-algorithm", "x-goog-signedheaders",
+    "sv", "ss", "srt", "sp", "se", "st", "spr", "sip", "sr", "skoid", "sktid", "skt", "ske", "sks", "skv",
+})
+"""Query parameters that describe a signature's grant (when, how, by whom) and so differ between two
+signed URLs of one object, beside the credential parameters themselves."""
+
+
 def source_key(url: str) -> str:
-    """What names one server's copy of a file: scheme, host, port and path (no user, query or fragment)."""
+    """What names one server's copy of a file: scheme, host, port, path and the query's other
+    parameters (``dl.php?id=1`` and ``?id=2`` are two files), without user, fragment, or anything a
+    signature adds (a fresh presigned URL for the same object is the same source)."""
     try:
         parts = urlsplit(url)
         host = (parts.hostname or "").lower()
         port = parts.port
     except ValueError:
-        return url.split("?", 1)[0].split("#", 1)[0]
+        return url.split("#", 1)[0]
     if ":" in host:
         host = f"[{host}]"
     netloc = host if port is None else f"{host}:{port}"
-    return f"{parts.scheme.lower()}://{netloc}{parts.path or '/'}"
+    kept = [(name, value) for name, value in parse_qsl(parts.query, keep_blank_values=True)
+            if not is_credential_parameter(name) and name.lower() not in _GRANT_PARAMETERS]
+    query = f"?{urlencode(sorted(kept))}" if kept else ""
+    return f"{parts.scheme.lower()}://{netloc}{parts.path or '/'}{query}"
 
 
 @dataclass

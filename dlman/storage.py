@@ -21,6 +21,7 @@ import errno
 import fcntl
 import functools
 import hashlib
+import logging
 import os
 import stat
 import threading
@@ -38,7 +39,9 @@ from dlman.state import ResumeState, StateError
 _DISK_ERRNOS = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded",
                 errno.EACCES: "permission denied", errno.EPERM: "permission denied",
                 errno.EROFS: "read-only file system", errno.ELOOP: "it is a symbolic link (not followed)"}
+_NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS}  # some NFS and FUSE mounts
 _NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EXDEV, errno.EMLINK}
+log = logging.getLogger("dlman")
 MAX_STATE_BYTES = 1 << 20
 T = TypeVar("T")
 NOFOLLOW = os.O_NOFOLLOW  # on every open of NAME.part and its state files
@@ -141,6 +144,11 @@ def _lock_part(path: Path, dest: Path) -> tuple[int, bool]:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise _Busy() from None
+            except OSError as exc:
+                if exc.errno not in _NO_LOCKS:
+                    raise
+                log.warning("%s: this file system cannot lock files: another transfer of the same file "
+                            "would not be kept out", path)
             try:
                 current = os.lstat(path)
             except FileNotFoundError:

@@ -68,6 +68,7 @@ from dlman.storage import PartFile, stoppable
 
 if TYPE_CHECKING:
     from dlman.engine import Engine
+    from dlman.ratelimit import RateLimiter
 
 log = logging.getLogger("dlman")
 
@@ -118,8 +119,10 @@ class Transfer:
 
     def __init__(self, engine: "Engine", urls: list[str], dest: Path, *, directory: bool,
                  connections: int, headers: Headers, checksum: Checksum | None,
-                 overwrite: bool, on_progress: Callable[[Progress], None] | None) -> None:
+                 overwrite: bool, on_progress: Callable[[Progress], None] | None,
+                 limiter: RateLimiter | None = None) -> None:
         self.engine = engine
+        self.limiter = limiter or engine.limiter  # this download's own (within the engine's), or the engine's
         self.mirrors = Mirrors(urls, headers)
         self.requests = Requester(engine, self.mirrors)
         self.url = urls[0]
@@ -278,6 +281,11 @@ class Transfer:
         claimed_end = max((b for a, b in state.written()), default=0)
         if part.size_on_disk() < claimed_end:
             log.warning("%s: resume state claims more than is on disk; starting over", part.state_file)
+            return None
+        if not state.missing and not any(source_key(m.url) in state.sources for m in self.mirrors.all):
+            # nothing left to ask for, so nothing would prove that these URLs serve those bytes
+            log.warning("%s: the data is complete but was fetched from other URLs; starting over",
+                        part.state_file)
             return None
         return state
 
@@ -608,7 +616,7 @@ class Transfer:
         """Stream an accepted body into ``segment``; returns how many ``expect`` bytes it confirmed."""
         assert self.part is not None
         receiver = Receiver(self.part, segment, flush_bytes=self.flush_bytes, timeout=self.engine.timeout,
-                            limiter=self.engine.limiter)
+                            limiter=self.limiter)
         before = segment.pos
         segment.reach = verdict.end
         self.receivers.add(receiver)

@@ -228,9 +228,81 @@ def _server_digest() -> None:
     transfer.strongest = lambda found: None
 
 
+def _publish_by_name() -> None:
+    from dlman import storage
+    storage._link_open_file = lambda fd, part, target: storage.os.link(part, target, follow_symlinks=False)
+
+
+def _uninformative_probe() -> None:
+    from dlman import transfer
+    transfer.informative = lambda data: len(data) > 0
+
+
+def _trust_unconfirmed_206() -> None:
+    from dlman import remote, transfer
+    from dlman.remote import RangeAsk
+
+    def no_if_range_check(answer, ask, remote_file, known):  # type: ignore[no-untyped-def]
+        return real(answer, RangeAsk(ask.start, ask.end, None, ask.data_from), remote_file, known) \
+            if answer.status == 206 else real(answer, ask, remote_file, known)
+    real = remote.judge_range
+    transfer.judge_range = no_if_range_check
+
+
+def _interruptible_cleanup() -> None:
+    from dlman import storage, transfer
+
+    async def plain(coroutine):  # type: ignore[no-untyped-def]
+        return await coroutine
+    transfer.uninterrupted = plain
+    storage.uninterrupted = plain
+
+
 def _save_retry() -> None:
     from dlman import saver
     saver.SAVE_FAILURES = 1
+
+
+def _cookie_host_only() -> None:
+    from http.cookiejar import DefaultCookiePolicy
+
+    from dlman.cookies import HostOnlyPolicy
+    HostOnlyPolicy.return_ok_domain = DefaultCookiePolicy.return_ok_domain  # type: ignore[method-assign]
+
+
+def _ca_stored() -> None:
+    from dlman import cli
+    cli._ca_from_environment = lambda: None
+
+
+def _max_speed() -> None:
+    from dlman.engine import Engine
+    real = Engine.download
+
+    async def unlimited(self, url, dest=".", **options):  # type: ignore[no-untyped-def]
+        options.pop("max_speed", None)
+        return await real(self, url, dest, **options)
+    Engine.download = unlimited  # type: ignore[method-assign]
+
+
+def _hook_no_shell() -> None:
+    import subprocess
+
+    from dlman import hooks
+
+    class Shell:
+        DEVNULL = subprocess.DEVNULL
+
+        @staticmethod
+        def run(argv, **kwargs):  # type: ignore[no-untyped-def]
+            return subprocess.run(" ".join(argv), shell=True, **kwargs)
+    hooks.subprocess = Shell  # type: ignore[assignment]
+
+
+def _list_streams() -> None:
+    from dlman.queue import Queue
+    real = Queue.iter_jobs
+    Queue.iter_jobs = lambda self, state=None: iter(list(real(self, state)))  # type: ignore[method-assign]
 
 
 def _download_roots() -> None:
@@ -365,8 +437,34 @@ CATALOGUE: tuple[Sabotage, ...] = (
              _server_digest,
              ("tests/test_digests.py::test_a_server_digest_that_does_not_match_fails_and_deletes_the_data",
               "tests/test_digests.py::test_the_digest_is_kept_for_the_resume")),
+    Sabotage("publish-by-fd", "the file published is the locked, verified one, not whatever NAME.part names",
+             _publish_by_name,
+             ("tests/test_hostile_edges.py::test_a_file_renamed_over_the_part_file_is_never_published",)),
+    Sabotage("informative-probe", "a new source is proven by bytes that can tell two files apart",
+             _uninformative_probe,
+             ("tests/test_hostile_edges.py::test_a_mirror_is_proven_by_bytes_that_can_tell_the_files_apart",)),
+    Sabotage("if-range-confirmed", "a 206 to If-Range must carry the validator, else the bytes prove it",
+             _trust_unconfirmed_206,
+             ("tests/test_hostile_edges.py::test_a_206_without_validators_to_an_if_range_request_is_not_trusted",)),
+    Sabotage("uninterrupted-cleanup", "cleanup, the last save and publishing finish under repeated cancels",
+             _interruptible_cleanup,
+             ("tests/test_hostile_edges.py::test_a_download_cancelled_by_an_anyio_cancel_scope_leaves_no_task_behind",
+              "tests/test_hostile_edges.py::test_a_cancel_while_publishing_leaves_no_stray_state",
+              "tests/test_hostile_edges.py::test_a_download_cancelled_as_it_starts_releases_its_destination")),
     Sabotage("save-retry", "a failed state save is retried, not fatal", _save_retry,
              (N + "test_a_failed_save_is_retried_and_later_saves_go_on",)),
+    Sabotage("cookie-host-only", "a host-only cookie goes to exactly its own host", _cookie_host_only,
+             ("tests/test_cookies.py::test_a_host_only_cookie_goes_to_exactly_its_host",
+              "tests/test_cookies.py::test_cookies_from_a_file_go_to_their_own_host_only")),
+    Sabotage("ca-stored", "the CA bundle in force at add is stored with the job", _ca_stored,
+             ("tests/test_cli_jobs.py::test_ssl_cert_file_at_add_later_is_used_by_a_later_run",)),
+    Sabotage("max-speed", "--max-speed limits its own download", _max_speed,
+             ("tests/test_cli_jobs.py::test_max_speed_limits_its_own_download_only",)),
+    Sabotage("hook-no-shell", "hooks run without a shell", _hook_no_shell,
+             ("tests/test_hooks.py::test_hooks_get_the_job_and_never_a_shell",)),
+    Sabotage("list-streams", "a listing is written as it is read", _list_streams,
+             ("tests/test_cli_output.py::test_the_listing_is_written_as_it_is_read",
+              "tests/test_cli_output.py::test_a_listing_of_100000_jobs_starts_within_a_second")),
     Sabotage("download-roots", "dir and out from the network stay inside the download roots, symlinks included",
              _download_roots,
              ("tests/test_server.py::test_download_roots_symlinks_and_no_overwrite",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,9 @@ SHA = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 def dlman(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """``dlman(*args, input=None)`` against a fresh home, in tmp_path, with a fake engine."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("DLMAN_HOME", raising=False)
+    for name in [n for n in os.environ if n.startswith(("DLMAN_", "SSL_CERT_"))]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("DLMAN_CONFIG", os.devnull)  # no config file of the user's
     monkeypatch.setattr(queue_module, "_default_engine", FakeEngine)
     runner = CliRunner()
 
@@ -44,10 +47,22 @@ def jobs(dlman) -> list[dict]:
     return json.loads(result.stdout)
 
 
-@pytest.mark.parametrize("command", [[], ["add"], ["run"], ["list"], ["ls"], ["pause"], ["resume"], ["remove"]])
+@pytest.mark.parametrize("command", [[], ["add"], ["run"], ["list"], ["ls"], ["show"], ["pause"], ["resume"],
+                                     ["remove"]])
 def test_help_everywhere(dlman, command: list[str]) -> None:
     result = dlman(*command, "--help")
     assert result.exit_code == 0 and "Usage:" in result.stdout
+
+
+def test_help_lists_every_feature(dlman) -> None:
+    top = dlman("--help").stdout
+    for text in ("--config FILE", "--no-config", "show ", "config.toml", "DLMAN_LIMIT_RATE", "_DLMAN_COMPLETE"):
+        assert text in top, text
+    add = dlman("add", "--help").stdout
+    for text in ("--max-speed", "--no-verify-digest", "--load-cookies", "--save-cookies", "--on-done", "--on-fail",
+                 "--progress [auto|bar|lines|json|none]", "-v, --verbose", "-q, --quiet", "--home"):
+        assert text in add, text
+    assert "--url URL" in dlman("resume", "--help").stdout and "--watch" in dlman("list", "--help").stdout
 
 
 def test_version(dlman) -> None:
@@ -72,6 +87,17 @@ def test_version(dlman) -> None:
     ["add", "--timeout", "0", "http://h/a"],
     ["add", "--bogus", "http://h/a"],
     ["add", "-i", "missing.txt"],
+    ["add", "--max-speed", "fast", "http://h/a"],
+    ["add", "--progress", "loud", "http://h/a"],
+    ["add", "--on-done", "", "http://h/a"],
+    ["add", "--on-fail", "'unclosed", "http://h/a"],
+    ["add", "--load-cookies", "missing.txt", "http://h/a"],
+    ["add", "--save-cookies", "no/such/dir/c.txt", "http://h/a"],
+    ["run", "--on-done", "no-such-program-anywhere"],
+    ["list", "--watch", "--json"],
+    ["show"],
+    ["show", "7"],
+    ["resume", "7", "--url", "http://h/x"],
     ["list", "--state", "sleeping"],
     ["pause"],
     ["pause", "7"],
@@ -212,3 +238,17 @@ def test_log_lines_and_tracebacks_are_redacted() -> None:
     assert "GET https://b.s3.amazonaws.com/k?X-Amz-Credential=***&X-Amz-Signature=***" in output
     assert "Traceback" in output and "RuntimeError: https://b.s3.amazonaws.com/k?X-Amz-Credential=***" in output
     assert "AKIAKEY" not in output and "f00d" not in output, output
+
+
+@pytest.mark.parametrize("mode, expected", [
+    ("auto", "done "),         # not a terminal: a line per job
+    ("lines", "done "),
+    ("bar", "%|"),             # asked for: bars even off a terminal
+    ("none", ""),              # failures only
+])
+def test_progress_modes(dlman, mode: str, expected: str) -> None:
+    result = dlman("add", "--progress", mode, "http://h/good", "-d", "out")
+    assert result.exit_code == 0, result.output
+    assert expected in result.stderr if expected else result.stderr == ""
+    failed = dlman("add", "--progress", mode, "http://h/fail")
+    assert failed.exit_code == 1 and "failed http://h/fail: not found" in failed.stderr

@@ -195,6 +195,29 @@ def test_the_file_published_is_the_file_verified(server, make_data, tmp_path):
     assert not published.exists() or published.read_bytes() == good
 
 
+def test_a_file_renamed_over_the_part_file_is_never_published(server, make_data, tmp_path):
+    """Whatever takes the name ``NAME.part`` while a transfer runs (another program, a user), no file
+    but the one the transfer wrote and verified is published under ``NAME``."""
+    good = make_data(4 * MiB, seed=1)
+    res = server.add("/x", good, throttle=1 * MiB)
+    intruder = tmp_path / "intruder"
+    intruder.write_bytes(make_data(4 * MiB, seed=2))
+    dest = tmp_path / "x"
+
+    async def main() -> None:
+        async with dlman.Engine(timeout=5, connections=2) as engine:
+            task = asyncio.create_task(engine.download(server.url("/x"), dest))
+            await asyncio.to_thread(wait_for, lambda: res.bytes_served >= MiB)
+            os.replace(intruder, tmp_path / "x.part")
+            try:
+                await task
+            except dlman.StorageError as error:  # the written file lost its only name: say so
+                assert "replaced by another file" in str(error)
+
+    asyncio.run(main())
+    assert not dest.exists() or dest.read_bytes() == good
+
+
 def test_a_finished_file_named_like_a_part_file_is_never_destroyed(server, make_data, tmp_path):
     """A file downloaded as ``data.part`` (its URL's own name) is done; a later download of
     ``data`` into the same directory opens that finished file as its partial data, truncates it

@@ -85,6 +85,24 @@ def test_a_destination_that_appears_meanwhile_is_not_clobbered(server, make_data
     assert dest.read_bytes() == data
 
 
+def test_a_file_system_without_locks_still_downloads_with_a_warning(server, make_data, tmp_path, monkeypatch,
+                                                                     caplog):
+    import errno
+    import fcntl
+
+    data = make_data(MiB)
+    server.add("/f", data)
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with caplog.at_level(logging.WARNING, logger="dlman"):
+        fetch(server.url("/f"), tmp_path / "f")
+    assert (tmp_path / "f").read_bytes() == data
+    assert any("cannot lock files" in r.getMessage() for r in caplog.records)
+
+
 @pytest.mark.parametrize("planted", ["late.part", "late.part.state.tmp"])
 def test_a_planted_symlink_is_never_followed(server, make_data, tmp_path, planted):
     data = make_data(2 * MiB)
@@ -198,6 +216,22 @@ def test_a_new_mirror_must_serve_the_bytes_on_disk_before_it_is_used(server, ser
     assert (tmp_path / "m").read_bytes() == data
     assert all(r.range is not None and r.range.startswith("bytes=") for r in b.requests)
     assert b.bytes_served <= 64 << 10  # it served its probe, never a segment
+
+
+def test_mirrors_that_differ_only_in_their_query_are_two_sources(server, make_data, tmp_path):
+    """``dl.php?id=1`` and ``dl.php?id=2`` are two files on one host: the second proves itself too."""
+    files = {"1": make_data(8 * MiB, seed=1), "2": make_data(8 * MiB, seed=2)}
+
+    def by_id(request):
+        data = files[request.target.rpartition("id=")[2]]
+        start, _, end = (request.headers.get("range") or "bytes=0-").removeprefix("bytes=").partition("-")
+        first, last = int(start), int(end) if end else len(data) - 1
+        time.sleep(0.05)  # a slow server: the second mirror asks before the first has finished
+        return 206, {"Content-Range": f"bytes {first}-{last}/{len(data)}"}, data[first:last + 1]
+
+    server.add("/dl.php", respond=by_id)
+    fetch([server.url("/dl.php?id=1"), server.url("/dl.php?id=2")], tmp_path / "f", connections=4)
+    assert (tmp_path / "f").read_bytes() == files["1"]
 
 
 def test_credentials_go_only_to_the_origin_they_were_given_for(server, server2, make_data, tmp_path):

@@ -84,12 +84,15 @@ def test_a_version_1_state_without_ranges_is_refused():
 
 @pytest.mark.parametrize("url, key", [
     ("https://e.org/f", "https://e.org/f"),
-    ("HTTPS://E.ORG:443/f?X-Amz-Signature=abc#frag", "https://e.org:443/f"),
-    ("https://user:pw@e.org/dir/f?a=1", "https://e.org/dir/f"),
+    ("HTTPS://E.ORG:443/f?X-Amz-Signature=abc&X-Amz-Date=1&X-Amz-Expires=60#frag", "https://e.org:443/f"),
+    ("https://e.org/dl.php?id=2&token=x&lang=en", "https://e.org/dl.php?id=2&lang=en"),
+    ("https://e.org/dl.php?lang=en&id=2", "https://e.org/dl.php?id=2&lang=en"),
+    ("https://acct.blob.core.windows.net/c/f?sv=2020&se=2030&sp=r&sig=abc", "https://acct.blob.core.windows.net/c/f"),
+    ("https://user:pw@e.org/dir/f?a=1", "https://e.org/dir/f?a=1"),
     ("http://[::1]:8080/f", "http://[::1]:8080/f"),
     ("http://e.org", "http://e.org/"),
 ])
-def test_a_source_is_its_origin_and_path_without_credentials_or_query(url, key):
+def test_a_source_is_its_origin_path_and_query_without_credentials_or_signing(url, key):
     assert source_key(url) == key
 
 

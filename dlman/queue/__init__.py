@@ -14,23 +14,38 @@ Where each rule lives:
 
 from __future__ import annotations
 
-import asyncio
+import builtins
+import contextlib
 import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dlman.errors import InvalidInputError
 from dlman.home import prepare_home, resolve_home
-from dlman.options import redact
+from dlman.options import check_urls, redact
 from dlman.queue import ownership, store
-from dlman.queue.jobs import STATES, Job, NewJob, Outcome, partial_files, prepare
+from dlman.queue.jobs import (
+    RESULT_KEYS,
+    STATES,
+    Job,
+    NewJob,
+    Outcome,
+    partial_files,
+    prepare,
+)
 from dlman.queue.ownership import HOST, STALE_AFTER, TICK
-from dlman.queue.runner import Listener, Runner
 from dlman.queue.store import Store
+
+if TYPE_CHECKING:
+    import sqlite3
+    from http.cookiejar import CookieJar
+
+    from dlman.queue.runner import Listener
+    from dlman.result import Progress
 
 __all__ = ["HOST", "STALE_AFTER", "STATES", "TICK", "Job", "Listener", "NewJob", "Outcome", "Queue", "prepare",
            "redact"]
@@ -38,12 +53,98 @@ __all__ = ["HOST", "STALE_AFTER", "STATES", "TICK", "Job", "Listener", "NewJob",
 log = logging.getLogger("dlman")
 
 PAGE = 500  # rows per read while listing: memory stays flat however long the queue
+RESUMABLE = ("paused", "failed", "queued")
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Listener":  # the runner (and asyncio with it) is imported when a run starts
+        from dlman.queue.runner import Listener
+
+        return Listener
+    raise AttributeError(f"module 'dlman.queue' has no attribute {name!r}")
 
 
 def _default_engine(**options: Any) -> Any:
     from dlman.engine import Engine
 
     return Engine(**options)
+
+
+def _engine_maker(factory: Callable[..., Any], live: Mapping[str, Any]) -> Callable[..., Any]:
+    """What the runner calls for each engine configuration: the run's live options, then the
+    job's stored ones made live (cookie files become a jar, saved again when the engine closes)."""
+
+    def make(**config: Any) -> Any:
+        options = {**live, **config}
+        load, save = options.pop("load_cookies", None), options.pop("save_cookies", None)
+        if not (load or save):
+            return factory(**options)
+        from dlman.cookies import engine_options, load_jar, make_jar
+
+        jar = load_jar(load) if load else make_jar()
+        with_jar = engine_options(jar)
+        hooks = {name: list(with_jar["event_hooks"][name]) + list((options.get("event_hooks") or {}).get(name, []))
+                 for name in ("request", "response")}
+        options.update(cookies=with_jar["cookies"], event_hooks=hooks)
+        engine = factory(**options)
+        return _saving_cookies(engine, jar, save) if save else engine
+
+    return make
+
+
+@contextlib.asynccontextmanager
+async def _saving_cookies(engine: Any, jar: "CookieJar", path: str) -> AsyncIterator[Any]:
+    """The engine, whose cookies (those loaded and those the servers set) are saved when it closes."""
+    from dlman.cookies import save_jar
+
+    try:
+        async with engine as entered:
+            yield entered
+    finally:
+        try:
+            save_jar(jar, path)
+        except OSError as error:
+            log.warning("cannot save cookies to %s: %s", path, error.strerror or error)
+
+
+class _Listeners:
+    """Several listeners heard as one (the caller's display, and the hooks)."""
+
+    def __init__(self, *listeners: "Listener | None") -> None:
+        self.listeners = [listener for listener in listeners if listener is not None]
+
+    def started(self, job: Job) -> None:
+        for listener in self.listeners:
+            listener.started(job)
+
+    def progress(self, job: Job, progress: "Progress") -> None:
+        for listener in self.listeners:
+            listener.progress(job, progress)
+
+    def ended(self, outcome: Outcome) -> None:
+        for listener in self.listeners:
+            listener.ended(outcome)
+
+
+def _check_engine_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The live engine options of a run; the run's own parameters are not among them."""
+    for name in ("limit_rate", "on_progress"):
+        if name in options:
+            raise InvalidInputError(f"engine_options cannot hold {name}: pass it to the run itself")
+    return dict(options)
+
+
+def _settle(conn: "sqlite3.Connection", owner: str, job_id: int, state: str | None,
+            fields: dict[str, Any]) -> tuple[str | None, list[Path]]:
+    """``ownership.settle``, keeping with a done job's options what its file was verified against."""
+    result = {key: fields.pop(key, None) for key in RESULT_KEYS}
+    if state == "done":
+        conn.execute("UPDATE jobs SET options = json_remove(options, '$.digest', '$.digest_source')"
+                     " WHERE id = ? AND owner = ?", (job_id, owner))
+        if result["digest"]:
+            conn.execute("UPDATE jobs SET options = json_set(options, '$.digest', ?, '$.digest_source', ?)"
+                         " WHERE id = ? AND owner = ?", (result["digest"], result["digest_source"], job_id, owner))
+    return ownership.settle(conn, owner, job_id, state, fields)
 
 
 def _unlink(paths: Iterable[Path]) -> None:
@@ -140,6 +241,14 @@ class Queue:
         """Every job (or those in ``state``), in id order; ``iter_jobs`` streams them instead."""
         return list(self.iter_jobs(state))
 
+    def count(self, state: str | None = None) -> int:
+        """How many jobs there are (in ``state``), read through the index."""
+        if state is None:
+            return self._store.rows("SELECT count(*) FROM jobs WHERE cancel IS NULL")[0][0]
+        if state not in STATES:
+            raise InvalidInputError(f"unknown state {state!r} (one of {', '.join(STATES)})")
+        return self._store.rows("SELECT count(*) FROM jobs WHERE state = ? AND cancel IS NULL", (state,))[0][0]
+
     def check_ids(self, ids: Sequence[int]) -> None:
         """InvalidInputError naming every id that is not in the queue."""
         present = {row["id"] for row in self._store.rows(
@@ -148,14 +257,14 @@ class Queue:
         if missing:
             raise InvalidInputError(f"no job with id {', '.join(map(str, missing))}")
 
-    def _require(self, ids: Sequence[int]) -> list[Job]:
+    def _require(self, ids: Sequence[int]) -> builtins.list[Job]:
         jobs = self.get_many(ids)
         self.check_ids([i for i in ids if i not in jobs])
         return [jobs[i] for i in ids]
 
     # -- what users ask for: the owner of an active row hears of it on its next heartbeat ----
 
-    def pause(self, *ids: int, wait: float = 5.0) -> list[Job]:
+    def pause(self, *ids: int, wait: float = 5.0) -> builtins.list[Job]:
         """Pause queued and active jobs; wait (up to ``wait`` s) until active ones have stopped."""
         self.check_ids(ids)
         with self._store.transaction() as conn:
@@ -164,18 +273,37 @@ class Queue:
         self._wait_released(ids, wait)
         return self._require(ids)
 
-    def resume(self, *ids: int) -> list[Job]:
+    def resume(self, *ids: int, url: str | Sequence[str] | None = None) -> builtins.list[Job]:
         """Put paused, failed or interrupted jobs back to ``queued`` (done and active ones are left).
 
         A job whose owner has not yet stopped for a pause stays with that owner, which
-        then simply goes on (see ownership.py).
+        then simply goes on (see ownership.py). ``url`` (one job only) replaces its URLs,
+        such as an expired presigned URL: the partial data belongs to the file, not to
+        the URL, so the engine resumes it when the new URL serves the same file.
         """
         self.check_ids(ids)
+        if url is not None:
+            self._replace_urls(ids, check_urls(url))
         with self._store.transaction() as conn:
             conn.executemany("UPDATE jobs SET state = 'queued', error = NULL, updated = ?"
                              " WHERE id = ? AND state IN ('paused', 'failed', 'queued')",
                              [(time.time(), job_id) for job_id in ids])
         return self._require(ids)
+
+    def _replace_urls(self, ids: Sequence[int], urls: Sequence[str]) -> None:
+        if len(ids) != 1:
+            raise InvalidInputError("a new URL is for one job at a time")
+        self.reap()
+        with self._store.transaction() as conn:
+            row = conn.execute("SELECT * FROM jobs WHERE id = ?", (ids[0],)).fetchone()
+            if row["state"] not in RESUMABLE or row["owner"] is not None:
+                raise InvalidInputError(f"job {ids[0]} is {row['state']}"
+                                        f"{' in another process' if row['owner'] else ''}: its URL cannot change now"
+                                        f"{'; pause it first' if row['state'] == 'active' else ''}")
+            request = json.loads(row["request"])
+            request[0] = urls[0]
+            conn.execute("UPDATE jobs SET urls = ?, request = ?, updated = ? WHERE id = ?",
+                         (json.dumps(list(urls)), json.dumps(request), time.time(), ids[0]))
 
     def remove(self, *ids: int, delete: bool = False, wait: float = 5.0) -> None:
         """Drop jobs, stopping active ones; ``delete`` also deletes their partial data.
@@ -233,11 +361,12 @@ class Queue:
             return ownership.heartbeat(conn, owner, reports)
 
     def settle(self, owner: str, job_id: int, state: str | None, **fields: Any) -> str | None:
-        """Record how an owned job ended and release it; the row's state afterwards (None if gone)."""
-        with self._store.transaction() as conn:
-            after, doomed = ownership.settle(conn, owner, job_id, state, fields)
-        _unlink(doomed)
-        return after
+        """Record how an owned job ended and release it; the row's state afterwards (None if gone).
+
+        A done job keeps what its file was verified against (``digest``, ``digest_source``)
+        with its options, for ``list --json`` and ``show``.
+        """
+        return self.exchange(owner, [(job_id, state, fields)], 0)[0][0]
 
     def exchange(self, owner: str, endings: Sequence[tuple[int, str | None, Mapping[str, Any]]], count: int,
                  ids: Sequence[int] | None = None) -> tuple[list[str | None], list[Job]]:
@@ -247,7 +376,7 @@ class Queue:
         with self._store.transaction() as conn:
             afters = []
             for job_id, state, fields in endings:
-                after, gone = ownership.settle(conn, owner, job_id, state, fields)
+                after, gone = _settle(conn, owner, job_id, state, dict(fields))
                 afters.append(after)
                 doomed += gone
             jobs = ownership.claim_many(conn, owner, count, ids) if count > 0 else []
@@ -258,6 +387,8 @@ class Queue:
 
     def run(self, jobs: int = 4, **kwargs: Any) -> dict[int, Outcome]:
         """Blocking ``arun``."""
+        import asyncio
+
         return asyncio.run(self.arun(jobs, **kwargs))
 
     async def arun(
@@ -266,8 +397,11 @@ class Queue:
         *,
         ids: Sequence[int] | None = None,
         limit_rate: int | str | None = None,
-        listener: Listener | None = None,
+        listener: "Listener | None" = None,
         engine_factory: Callable[..., Any] | None = None,
+        engine_options: Mapping[str, Any] | None = None,
+        on_done: str | None = None,
+        on_fail: str | None = None,
     ) -> dict[int, Outcome]:
         """Download queued jobs, ``jobs`` at once, until none is left; return how each one ended.
 
@@ -275,8 +409,26 @@ class Queue:
         downloading, and returning once all of them have ended. Cancelling the
         task stops the downloads (partial data kept), puts them back to
         ``queued`` and re-raises CancelledError.
+
+        ``engine_options`` are engine options that cannot be stored with a job (``auth``,
+        ``client``, ``event_hooks``, a cookie jar, ...): they apply to every download of
+        this run. ``on_done``/``on_fail`` are hooks for the jobs that have none of their own.
         """
+        import asyncio
+
+        from dlman.hooks import Hooks, parse_hook
+        from dlman.queue.runner import Runner
+
         if jobs < 1:
             raise InvalidInputError(f"jobs must be at least 1, got {jobs}")
-        runner = Runner(self, jobs, ids, limit_rate, listener, engine_factory or _default_engine)
-        return await runner.run()
+        for hook in (on_done, on_fail):
+            if hook:
+                parse_hook(hook)
+        live = _check_engine_options(engine_options or {})
+        hooks = Hooks(on_done, on_fail)
+        runner = Runner(self, jobs, ids, limit_rate, _Listeners(listener, hooks),
+                        _engine_maker(engine_factory or _default_engine, live))
+        outcomes = await runner.run()
+        while hooks.running():  # polled: the default executor may be busy with file writes
+            await asyncio.sleep(0.05)
+        return outcomes

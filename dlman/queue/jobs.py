@@ -9,22 +9,40 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dlman.checksum import parse_checksum
 from dlman.errors import InvalidInputError
 from dlman.naming import part_path, state_path
-from dlman.options import check_connections, check_urls, mask_header, mask_url, normalise_headers, redact
+from dlman.options import check_connections, check_urls, mask_header, mask_url, normalise_headers, parse_rate, redact
+from dlman.states import STATES
 
-STATES = ("queued", "active", "paused", "done", "failed")
-OPTION_KEYS = ("connections", "checksum", "headers", "overwrite", "http2", "insecure", "retries", "timeout")
-ENGINE_KEYS = ("http2", "insecure", "retries", "timeout")  # one Engine per distinct set of these
-DOWNLOAD_KEYS = ("connections", "checksum", "headers", "overwrite")  # passed to each download
+if TYPE_CHECKING:
+    import sqlite3
+
+__all__ = ["STATES", "Job", "NewJob", "Outcome", "prepare"]
+
+# One Engine per distinct set of these (``verify``: a CA bundle path; cookie files are paths too).
+ENGINE_KEYS = ("http2", "insecure", "retries", "timeout", "verify_digest", "verify", "load_cookies", "save_cookies")
+DOWNLOAD_KEYS = ("connections", "checksum", "headers", "overwrite", "max_speed")  # passed to each download
+HOOK_KEYS = ("on_done", "on_fail")  # run by the process that downloads the job (dlman.hooks)
+OPTION_KEYS = tuple(dict.fromkeys(DOWNLOAD_KEYS + ENGINE_KEYS + HOOK_KEYS))
+RESULT_KEYS = ("digest", "digest_source")  # written when the job is done: what its file was verified against
+
+# Engine options that live only in the process that made them: a queue cannot store them.
+LIVE_OPTIONS = {
+    "auth": "an auth object or callable",
+    "client": "an httpx client",
+    "event_hooks": "event hooks",
+    "cookies": "a cookie jar (store a cookie file instead: load_cookies=PATH)",
+    "proxy": "a proxy (set HTTP(S)_PROXY in the environment of the run instead)",
+    "cert": "a client certificate",
+    "on_progress": "a progress callback (pass a listener to Queue.run instead)",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,11 +72,25 @@ class Job:
         """The destination file once its name is known."""
         return None if self.dest_is_dir else Path(self.dest)
 
-    def to_dict(self) -> dict[str, Any]:
-        """The public view (``list --json``): URL credentials and secret header values masked."""
-        options = dict(self.options)
+    @property
+    def digest(self) -> str | None:
+        """What the finished file was verified against (``sha256:HEX``), if anything."""
+        return self.options.get("digest")
+
+    @property
+    def digest_source(self) -> str | None:
+        """Where ``digest`` came from: ``given`` (``--checksum``) or the server's header."""
+        return self.options.get("digest_source")
+
+    def public_options(self) -> dict[str, Any]:
+        """The options asked for, secret header values masked (results such as the digest left out)."""
+        options = {key: value for key, value in self.options.items() if key not in RESULT_KEYS}
         if options.get("headers"):
             options["headers"] = [mask_header(h) for h in options["headers"]]
+        return options
+
+    def to_dict(self) -> dict[str, Any]:
+        """The public view (``list --json``): URL credentials and secret header values masked."""
         return {
             "id": self.id,
             "url": mask_url(self.url),
@@ -68,7 +100,9 @@ class Job:
             "bytes_done": self.bytes_done,
             "total_bytes": self.total_bytes,
             "error": None if self.error is None else redact(self.error),
-            "options": options,
+            "digest": self.digest,
+            "digest_source": self.digest_source,
+            "options": self.public_options(),
             "created": self.created,
             "updated": self.updated,
         }
@@ -118,9 +152,40 @@ def prepare(
     engine's rule, made explicit so a directory can be created later).
     """
     urls = tuple(check_urls(url_or_urls))
+    _refuse_live(options)
     unknown = set(options) - set(OPTION_KEYS)
     if unknown:
         raise InvalidInputError(f"unknown option(s): {', '.join(sorted(unknown))}")
+    clean = _check_options(options)
+    text = os.fspath(dest)
+    if output:
+        path, is_dir = os.path.abspath(os.path.join(text, output)), False
+    else:
+        is_dir = text.endswith((os.sep, "/")) or os.path.isdir(text)
+        path = os.path.abspath(text)
+    return NewJob(urls, path, is_dir, output or None, clean)
+
+
+def _refuse_live(options: Mapping[str, Any]) -> None:
+    """InvalidInputError for options that exist only in this process (issue: what a queue can store)."""
+    live = dict(LIVE_OPTIONS)
+    if options.get("timeout") is not None and not isinstance(options["timeout"], (int, float)):
+        live["timeout"] = "a timeout object (store seconds instead)"
+    verify = options.get("verify")
+    if verify is not None and not isinstance(verify, (bool, str, os.PathLike)):
+        live["verify"] = "an SSL context (store a CA bundle path instead)"
+    for name in options:
+        if name in live and options[name] is not None:
+            raise InvalidInputError(
+                f"the queue cannot store {name}: {live[name]} lives only in this process. Pass it to the run "
+                f"that downloads the job instead: Queue.run(engine_options={{{name!r}: ...}})")
+
+
+def _check_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The options to store, each checked (InvalidInputError) and in its stored form."""
+    from dlman.cookies import check_save_path, load_jar  # http.cookiejar, subprocess: only when needed
+    from dlman.hooks import stored_hook
+
     clean: dict[str, Any] = {}
     if options.get("connections") is not None:
         clean["connections"] = check_connections(options["connections"])
@@ -140,13 +205,25 @@ def prepare(
         if not isinstance(options["timeout"], (int, float)) or options["timeout"] <= 0:
             raise InvalidInputError(f"timeout must be a positive number of seconds, got {options['timeout']!r}")
         clean["timeout"] = float(options["timeout"])
-    text = os.fspath(dest)
-    if output:
-        path, is_dir = os.path.abspath(os.path.join(text, output)), False
-    else:
-        is_dir = text.endswith((os.sep, "/")) or os.path.isdir(text)
-        path = os.path.abspath(text)
-    return NewJob(urls, path, is_dir, output or None, clean)
+    if options.get("max_speed") is not None:
+        clean["max_speed"] = parse_rate(options["max_speed"])
+    if options.get("verify_digest") is False:
+        clean["verify_digest"] = False
+    verify = options.get("verify")
+    if verify is False:
+        clean["insecure"] = True
+    elif verify is not None and verify is not True:
+        clean["verify"] = os.path.abspath(os.fspath(verify))
+    if options.get("load_cookies"):
+        clean["load_cookies"] = os.path.abspath(os.fspath(options["load_cookies"]))
+        load_jar(clean["load_cookies"])
+    if options.get("save_cookies"):
+        clean["save_cookies"] = os.path.abspath(os.fspath(options["save_cookies"]))
+        check_save_path(clean["save_cookies"])
+    for key in HOOK_KEYS:
+        if options.get(key):
+            clean[key] = stored_hook(options[key])
+    return clean
 
 
 def stays_done(total_bytes: int | None, old: Mapping[str, Any], new: Mapping[str, Any],
@@ -192,3 +269,5 @@ class Outcome:
     size: int | None = None
     skipped: bool = False
     error: str | None = None
+    digest: str | None = None          # what a done job's file was verified against ("sha256:HEX")
+    digest_source: str | None = None   # "given", or the server's header it came from

@@ -322,7 +322,7 @@ class Runner:
         if error is None:
             result = task.result()
             fields.update(dest=str(result.path), dest_is_dir=0, bytes_done=result.size, total_bytes=result.size,
-                          error=None)
+                          error=None, digest=result.checksum, digest_source=result.checksum_source)
             return "done", fields
         if isinstance(error, DownloadError):
             fields["error"] = redact(str(error))
@@ -351,7 +351,7 @@ class Runner:
         elif state == "done":
             result = task.result()
             self._ended(Outcome(job.id, "done", job.url, path=str(result.path), size=result.size,
-                                skipped=result.skipped))
+                                skipped=result.skipped, digest=result.checksum, digest_source=result.checksum_source))
         else:
             self._ended(Outcome(job.id, "failed", job.url, path=fields.get("dest"), error=fields["error"]))
         return False
