@@ -286,6 +286,39 @@ def _remove(paths: tuple[Path, ...]) -> None:
             os.remove(path)
 
 
+def remove_partial(dest: Path) -> bool:
+    """Delete ``NAME.part`` and its state files, unless a transfer holds the destination (False then).
+
+    The queue's ``remove --delete`` goes through here: partial data a running transfer owns
+    (in any process: its part file is locked) is never pulled from under it.
+    """
+    part, state = part_path(dest), state_path(dest)
+    try:
+        fd = os.open(part, os.O_RDWR | NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        fd = None
+    except OSError:  # a symlink or something else planted there: its name goes, not its target
+        fd = None
+    try:
+        if fd is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            except OSError as exc:
+                if exc.errno not in _NO_LOCKS:
+                    raise
+        for path in (part, state, _temp_state(state)):
+            if path == part and fd is not None and not _still_ours(fd, part):
+                continue  # a new transfer's part took the name meanwhile
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        return True
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
 # One executor hop per step: many small files make the hop count matter.
 _lock = aiofiles.os.wrap(_lock_part)
 _truncate_part = aiofiles.os.wrap(_truncate)

@@ -65,6 +65,7 @@ from dlman.saver import Saver
 from dlman.segments import Segment, SegmentPlan
 from dlman.state import ResumeState, StateError, source_key
 from dlman.storage import PartFile, stoppable
+from dlman.transport import body_reader
 
 if TYPE_CHECKING:
     from dlman.engine import Engine
@@ -622,7 +623,7 @@ class Transfer:
         self.receivers.add(receiver)
         self.active += 1
         try:
-            return await receiver.receive(_body(response), verdict.end, expect)
+            return await receiver.receive(_body(response), verdict.end, expect, body_reader(response))
         except httpx.TransportError as exc:
             raise Retry(f"connection lost after {segment.pos - before} bytes: {exc!r}") from None
         except Stalled as exc:

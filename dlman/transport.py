@@ -15,6 +15,12 @@ Only for asyncio event loops (not trio), and only without proxies: a custom ``tr
 disables httpx's environment proxies, so the engine uses :func:`make_transport` only when
 no proxy variables apply (and :func:`native_backend_available` says the interfaces match).
 
+Over HTTP/1.1 a response whose length is known also offers a fast path for its body
+(:class:`BodyReader`, found with :func:`body_reader`): the bytes go from the socket (or
+the TLS layer) straight into the caller's own buffer, with no ``bytes`` object per chunk
+and no copy through h11. Everything else (redirects, auth, cookies, event hooks) is
+httpx's as usual, and a response without it is iterated as before.
+
 Over HTTP/2 the pool's connections also cancel what they no longer read
 (:class:`CancellingHTTP2Connection`): httpcore closes a response cut short without telling
 the server, which then keeps sending DATA that is never acknowledged, until the
@@ -30,9 +36,11 @@ import inspect
 import select
 import socket
 import ssl
+import struct
 import sys
 import typing
 
+import h11
 import httpcore
 import httpx
 
@@ -43,6 +51,12 @@ try:
     import h2.exceptions
 except ImportError:  # pragma: no cover - httpx[http2] brings it; without it there is no h2
     h2 = None  # type: ignore[assignment]
+
+try:  # h11's internals that the fast body path reads (fast_body_available checks them)
+    from h11._readers import ContentLengthReader as _ContentLengthReader
+    from h11._receivebuffer import ReceiveBuffer as _ReceiveBuffer
+except ImportError:  # pragma: no cover - another h11: bodies are only iterated
+    _ContentLengthReader = _ReceiveBuffer = None  # type: ignore[assignment,misc]
 
 try:
     import sniffio  # noqa: F401  (httpcore asks for it on every request)
@@ -55,8 +69,11 @@ except ImportError:
 __all__ = [
     "AsyncioBackend",
     "AsyncioStream",
+    "BodyReader",
     "CancellingHTTP2Connection",
+    "body_reader",
     "cancelling_http2_available",
+    "fast_body_available",
     "make_transport",
     "native_backend_available",
 ]
@@ -110,6 +127,11 @@ class _Protocol(asyncio.BufferedProtocol):
         self.exc: BaseException | None = None  # why it was lost, if by error
         self.reading_paused = False
         self.writing_paused = False
+        # A reader's own buffer (``AsyncioStream.readinto``): while it waits and nothing is
+        # unread here, asyncio reads straight into it; ``_sunk`` bytes have landed so far.
+        self._sink: memoryview | None = None
+        self._sunk = 0
+        self._into_sink = False  # the last region handed out was the sink's
         self._read_waiter: asyncio.Future[None] | None = None
         self._drain_waiter: asyncio.Future[None] | None = None
         self._lost_waiter: asyncio.Future[None] | None = None
@@ -128,6 +150,11 @@ class _Protocol(asyncio.BufferedProtocol):
         ``sizehint`` is -1 from the socket transport and the pending ciphertext (an upper
         bound on the plaintext) from the SSL protocol.
         """
+        sink = self._sink
+        if sink is not None and self._end == self._start and self._sunk < len(sink):
+            self._into_sink = True
+            return sink[self._sunk:]
+        self._into_sink = False
         end = self._end
         need = MIN_FREE if sizehint <= MIN_FREE else min(sizehint, READ_SIZE)
         if len(self._buf) - end < need:
@@ -152,6 +179,11 @@ class _Protocol(asyncio.BufferedProtocol):
         self._start, self._end = 0, unread
 
     def buffer_updated(self, nbytes: int) -> None:
+        if self._into_sink:
+            self._into_sink = False
+            self._sunk += nbytes
+            self._wake(self._read_waiter)
+            return
         self._end += nbytes
         if (
             self._end - self._start > HIGH_WATER
@@ -219,24 +251,43 @@ class _Protocol(asyncio.BufferedProtocol):
 
     def take(self, max_bytes: int) -> bytes:
         """Remove and return up to ``max_bytes`` buffered bytes (never more): one copy."""
-        start, end = self._start, self._end
-        stop = start + max_bytes
-        if stop >= end:
-            data = self._view[start:end].tobytes()
+        start = self._start
+        count = min(max_bytes, self._end - start)
+        data = self._view[start:start + count].tobytes()
+        self._consumed(count)
+        return data
+
+    def take_into(self, view: memoryview) -> int:
+        """Move up to ``len(view)`` buffered bytes into ``view``: one copy, no allocation."""
+        start = self._start
+        count = min(len(view), self._end - start)
+        view[:count] = self._view[start:start + count]
+        self._consumed(count)
+        return count
+
+    def _consumed(self, count: int) -> None:
+        """``count`` bytes were read: a drained buffer restarts at its front; reading resumes
+        below the low-water mark."""
+        self._start += count
+        left = self._end - self._start
+        if not left:
             self._start = self._end = 0  # drained: the next read lands at the front
             if len(self._buf) > CAPACITY:  # grown while paused (3.10 TLS): shrink back
                 self._buf = bytearray()
                 self._view = memoryview(self._buf)
-            left = 0
-        else:
-            data = self._view[start:stop].tobytes()
-            self._start = stop
-            left = end - stop
         if self.reading_paused and left <= LOW_WATER:
             self.reading_paused = False
             if self.transport is not None and not self.lost:
                 self.transport.resume_reading()
-        return data
+
+    def sink(self, view: memoryview) -> None:
+        """Let asyncio read straight into ``view`` (only while nothing is unread here)."""
+        self._sink, self._sunk = view, 0
+
+    def unsink(self) -> int:
+        """Take the reader's buffer back; how many bytes landed in it."""
+        count, self._sink, self._sunk, self._into_sink = self._sunk, None, 0, False
+        return count
 
 
 def _socket_readable(sock: typing.Any) -> bool:
@@ -273,17 +324,43 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         protocol = self._protocol
         if protocol._end == protocol._start and not protocol.eof and not protocol.lost:
-            if self._closed:
-                raise httpcore.ReadError("read from a closed connection")
-            await protocol.wait("_read_waiter", timeout, httpcore.ReadTimeout)
+            await self._wait_readable(timeout)
         if protocol._end != protocol._start:
             # Bytes that arrived before an error or EOF are delivered first.
             return protocol.take(max_bytes)
+        self._check_failed()
+        return b""
+
+    async def readinto(self, view: memoryview, timeout: float | None = None) -> int:
+        """Read up to ``len(view)`` bytes into ``view``; 0 at EOF. The fast path for bodies:
+        when nothing is buffered, asyncio's socket (or TLS) layer reads straight into
+        ``view``, so no byte is copied in user space and nothing is allocated."""
+        protocol = self._protocol
+        if protocol._end == protocol._start and not protocol.eof and not protocol.lost:
+            protocol.sink(view)
+            try:
+                await self._wait_readable(timeout)
+            finally:
+                count = protocol.unsink()
+            if count:
+                return count
+        if protocol._end != protocol._start:
+            return protocol.take_into(view)
+        self._check_failed()
+        return 0
+
+    async def _wait_readable(self, timeout: float | None) -> None:
+        if self._closed:
+            raise httpcore.ReadError("read from a closed connection")
+        await self._protocol.wait("_read_waiter", timeout, httpcore.ReadTimeout)
+
+    def _check_failed(self) -> None:
+        """Nothing is left to read: raise if that is because of an error or a close."""
+        protocol = self._protocol
         if protocol.exc is not None:
             raise httpcore.ReadError(str(protocol.exc) or repr(protocol.exc)) from protocol.exc
         if self._closed:
             raise httpcore.ReadError("read from a closed connection")
-        return b""
 
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:
         if not buffer:
@@ -306,6 +383,15 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
     def _lost_message(self, default: str) -> str:
         exc = self._protocol.exc
         return (str(exc) or repr(exc)) if exc is not None else default
+
+    def reset_on_close(self) -> None:
+        """Make the coming close a reset (RST): the peer stops sending at once."""
+        sock = self._raw_transport.get_extra_info("socket")
+        if sock is not None and not self._closed:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            except OSError:
+                pass  # the connection is gone already: nothing left to tell
 
     async def aclose(self) -> None:
         """Close the socket now, as the anyio backend does.
@@ -533,8 +619,99 @@ class CancellingHTTP2Connection(httpcore.AsyncHTTP2Connection):
             self._h2_state.acknowledge_received_data(size, stream_id)
 
 
+BODY_READER = "dlman.body_reader"  # the response extension that offers a BodyReader
+
+
+class BodyReader:
+    """The rest of one HTTP/1.1 body whose length is known, read into the caller's buffers.
+
+    h11 parses the head; the body then bypasses it: the bytes that came with the head
+    are taken from h11's buffer once, the rest is read by :meth:`AsyncioStream.readinto`
+    straight into the caller's memory, and h11's count of what is left goes down by
+    what was read. When that count reaches zero, h11 sees the end of the body without
+    having seen its bytes, so iterating the response afterwards just ends it and the
+    connection goes back to the pool as usual. ``readinto`` returns 0 at the end of the
+    body and also when the connection ends early: iterating the response then raises
+    the error httpx would have raised (``RemoteProtocolError`` for a body cut short).
+    """
+
+    def __init__(self, h11_state: h11.Connection, stream: AsyncioStream, timeout: float | None) -> None:
+        self._h11 = h11_state
+        self._reader = h11_state._reader  # this response's; the connection may serve others later
+        self._stream = stream
+        self._timeout = timeout
+
+    @property
+    def remaining(self) -> int:
+        """Body bytes not read yet (0 once this body is no longer being received)."""
+        if self._h11._reader is not self._reader or self._h11.their_state is not h11.SEND_BODY:
+            return 0
+        return self._reader._remaining
+
+    async def readinto(self, view: memoryview) -> int:
+        """Read at most ``len(view)`` body bytes into ``view``: how many; 0 as said above.
+
+        Raises ``httpx.ReadTimeout`` / ``httpx.ReadError`` as iterating would.
+        """
+        remaining = self.remaining
+        if remaining <= 0 or not view:
+            return 0
+        if len(view) > remaining:
+            view = view[:remaining]
+        buffered = self._h11._receive_buffer
+        if buffered:  # bytes that arrived with the head: once per response, at most 64 KiB
+            data = buffered.maybe_extract_at_most(len(view))
+            count = len(data)
+            view[:count] = data
+        else:
+            try:
+                count = await self._stream.readinto(view, self._timeout)
+            except httpcore.ReadTimeout as exc:
+                raise httpx.ReadTimeout(str(exc)) from exc
+            except httpcore.ReadError as exc:
+                raise httpx.ReadError(str(exc)) from exc
+        self._reader._remaining = remaining - count
+        return count
+
+
+def body_reader(response: httpx.Response) -> BodyReader | None:
+    """The fast path for ``response``'s body, if its transport offers one and nothing has
+    read the body yet; otherwise None (iterate the response as usual)."""
+    reader = response.extensions.get(BODY_READER)
+    if not isinstance(reader, BodyReader) or response.is_stream_consumed or response.is_closed:
+        return None
+    return reader
+
+
+class _FastHTTP11Connection(httpcore.AsyncHTTP11Connection):
+    """httpcore's HTTP/1.1 connection, whose responses with a Content-Length offer a
+    :class:`BodyReader` (extension ``BODY_READER``), and which resets the TCP connection
+    of a response closed before its end: HTTP/1.1 has no other way to say "stop sending",
+    and a plain close lets the server push the rest of the body into a dead socket until
+    a write fails."""
+
+    async def _response_closed(self) -> None:
+        state = self._h11_state
+        if not (state.our_state is h11.DONE and state.their_state is h11.DONE):
+            stream = self._network_stream
+            if isinstance(stream, AsyncioStream):
+                stream.reset_on_close()
+        await super()._response_closed()
+
+    async def handle_async_request(self, request: httpcore.Request) -> httpcore.Response:
+        response = await super().handle_async_request(request)
+        stream = self._network_stream
+        reader = self._h11_state._reader
+        if (isinstance(stream, AsyncioStream) and type(reader) is _ContentLengthReader
+                and self._h11_state.their_state is h11.SEND_BODY):
+            timeout = request.extensions.get("timeout", {}).get("read")
+            response.extensions[BODY_READER] = BodyReader(self._h11_state, stream, timeout)
+        return response
+
+
 class _HTTPConnection(httpcore.AsyncHTTPConnection):
-    """httpcore's connection, which speaks HTTP/2 through :class:`CancellingHTTP2Connection`."""
+    """httpcore's connection, speaking through :class:`_FastHTTP11Connection` and
+    :class:`CancellingHTTP2Connection` (each when the internals it relies on are there)."""
 
     async def handle_async_request(self, request: httpcore.Request) -> httpcore.Response:
         if not self.can_handle_request(request.url.origin):
@@ -555,9 +732,11 @@ class _HTTPConnection(httpcore.AsyncHTTPConnection):
         """The protocol connection for a new ``stream``: h2 if ALPN chose it (or h2 only)."""
         ssl_object = stream.get_extra_info("ssl_object")
         negotiated = ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2"
-        protocol: type[typing.Any] = httpcore.AsyncHTTP11Connection
+        protocol: type[typing.Any]
         if negotiated or (self._http2 and not self._http1):
-            protocol = CancellingHTTP2Connection
+            protocol = CancellingHTTP2Connection if cancelling_http2_available() else httpcore.AsyncHTTP2Connection
+        else:
+            protocol = _FastHTTP11Connection if fast_body_available() else httpcore.AsyncHTTP11Connection
         return protocol(origin=self._origin, stream=stream, keepalive_expiry=self._keepalive_expiry)
 
 
@@ -568,12 +747,12 @@ _CONNECTION_OPTIONS = (
 )
 
 
-class _CancellingPool(httpcore.AsyncConnectionPool):
+class _Pool(httpcore.AsyncConnectionPool):
     """A connection pool (without proxy) whose connections are :class:`_HTTPConnection`."""
 
     def __init__(self, **options: typing.Any) -> None:
         if options.get("proxy") is not None:
-            raise ValueError("the cancelling pool opens direct connections only")
+            raise ValueError("this pool opens direct connections only")
         super().__init__(**options)
         self._connection_options = {
             name: options[name] for name in _CONNECTION_OPTIONS if name in options
@@ -592,6 +771,31 @@ def _has_parameters(function: typing.Any, *names: str) -> bool:
 
 
 @functools.lru_cache(maxsize=None)
+def connection_internals_available() -> bool:
+    """Whether httpcore's connection and pool are what :class:`_HTTPConnection` and
+    :class:`_Pool` override and use (else the transport keeps httpcore's own pool)."""
+    try:
+        http = httpcore.AsyncHTTPConnection
+        checks = [
+            _has_parameters(http._connect, "request"),
+            _has_parameters(http, *_CONNECTION_OPTIONS),
+            _has_parameters(httpcore.AsyncConnectionPool.create_connection, "origin"),
+            _has_parameters(httpcore.AsyncHTTP11Connection, "origin", "stream", "keepalive_expiry"),
+            _has_parameters(httpcore.AsyncHTTP2Connection, "origin", "stream", "keepalive_expiry"),
+        ]
+        if not all(checks):
+            return False
+        # The state it keeps per instance: build one (no I/O happens here).
+        connection = http(origin=httpcore.Origin(b"https", b"example.invalid", 443))
+        return all(hasattr(connection, name) for name in (
+            "_origin", "_connection", "_request_lock", "_connect_failed",
+            "_http1", "_http2", "_keepalive_expiry",
+        ))
+    except Exception:  # pragma: no cover - anything odd means "don't use it"
+        return False
+
+
+@functools.lru_cache(maxsize=None)
 def cancelling_http2_available() -> bool:
     """Whether httpcore's and h2's internals are what :class:`CancellingHTTP2Connection`
     overrides and uses (else HTTP/2 goes through httpcore's own connection, as before)."""
@@ -599,18 +803,12 @@ def cancelling_http2_available() -> bool:
         if h2 is None:
             return False
         http2 = httpcore.AsyncHTTP2Connection
-        http = httpcore.AsyncHTTPConnection
         checks = [
             _has_parameters(http2._send_request_headers, "request", "stream_id"),
             _has_parameters(http2._receive_response_body, "request", "stream_id"),
             _has_parameters(http2._receive_stream_event, "request", "stream_id"),
             _has_parameters(http2._response_closed, "stream_id"),
             _has_parameters(http2._write_outgoing_data, "request"),
-            _has_parameters(http2, "origin", "stream", "keepalive_expiry"),
-            _has_parameters(httpcore.AsyncHTTP11Connection, "origin", "stream", "keepalive_expiry"),
-            _has_parameters(http._connect, "request"),
-            _has_parameters(http, *_CONNECTION_OPTIONS),
-            _has_parameters(httpcore.AsyncConnectionPool.create_connection, "origin"),
             _has_parameters(h2.connection.H2Connection.reset_stream, "stream_id", "error_code"),
             _has_parameters(
                 h2.connection.H2Connection.acknowledge_received_data,
@@ -620,22 +818,41 @@ def cancelling_http2_available() -> bool:
             isinstance(getattr(http2, "READ_NUM_BYTES", None), int),
             hasattr(h2.events, "DataReceived") and hasattr(h2.events, "StreamEnded"),
         ]
-        if not all(checks):
+        if not all(checks) or not connection_internals_available():
             return False
-        # The state they keep per instance: build one of each (no I/O happens here).
         origin = httpcore.Origin(b"https", b"example.invalid", 443)
-        connection = http(origin=origin)
-        if not all(hasattr(connection, name) for name in (
-            "_origin", "_connection", "_request_lock", "_connect_failed",
-            "_http1", "_http2", "_keepalive_expiry",
-        )):
-            return False
         probe = CancellingHTTP2Connection(origin=origin, stream=None)  # type: ignore[arg-type]
         state = getattr(probe, "_h2_state", None)
         return (
             isinstance(getattr(probe, "_events", None), dict)
             and isinstance(getattr(state, "streams", None), dict)
             and isinstance(getattr(probe, "_connection_error", None), bool)
+        )
+    except Exception:  # pragma: no cover - anything odd means "don't use it"
+        return False
+
+
+@functools.lru_cache(maxsize=None)
+def fast_body_available() -> bool:
+    """Whether httpcore's HTTP/1.1 connection and h11 keep the state :class:`BodyReader`
+    reads and updates (else bodies are only iterated, as before)."""
+    try:
+        if not connection_internals_available() or _ContentLengthReader is None:
+            return False
+        reader = _ContentLengthReader(10)
+        buffer = _ReceiveBuffer()
+        buffer += b"0123456789"
+        if reader._remaining != 10 or bytes(buffer.maybe_extract_at_most(4)) != b"0123":
+            return False
+        origin = httpcore.Origin(b"http", b"example.invalid", 80)
+        probe = httpcore.AsyncHTTP11Connection(origin=origin, stream=None)  # type: ignore[arg-type]
+        state = getattr(probe, "_h11_state", None)
+        return (
+            isinstance(state, h11.Connection)
+            and hasattr(probe, "_network_stream")
+            and hasattr(state, "_reader")
+            and isinstance(getattr(state, "_receive_buffer", None), _ReceiveBuffer)
+            and state.their_state is h11.IDLE
         )
     except Exception:  # pragma: no cover - anything odd means "don't use it"
         return False
@@ -687,10 +904,11 @@ def make_transport(
 
     Configured as ``httpx.AsyncHTTPTransport(verify=..., http2=..., limits=..., retries=...,
     trust_env=...)`` would be (same SSL context rules, SSL_CERT_FILE/SSL_CERT_DIR when
-    ``trust_env``); only the network backend differs, and over HTTP/2 the connections
-    cancel the streams they stop reading. Falls back to the plain transport if
-    :func:`native_backend_available` is False, and to httpcore's HTTP/2 connection if
-    :func:`cancelling_http2_available` is False.
+    ``trust_env``); only the network backend differs, HTTP/1.1 responses with a
+    Content-Length offer a :class:`BodyReader`, and over HTTP/2 the connections cancel
+    the streams they stop reading. Falls back to the plain transport if
+    :func:`native_backend_available` is False, and to httpcore's own connections where
+    :func:`fast_body_available` or :func:`cancelling_http2_available` is False.
     """
     # Built once and shared, so certifi's bundle is parsed once per transport.
     ssl_context = httpx.create_ssl_context(verify=verify, trust_env=trust_env)
@@ -699,7 +917,8 @@ def make_transport(
     )
     if not native_backend_available():
         return transport
-    pool = _CancellingPool if http2 and cancelling_http2_available() else httpcore.AsyncConnectionPool
+    ours = fast_body_available() or (http2 and cancelling_http2_available())
+    pool = _Pool if ours else httpcore.AsyncConnectionPool
     transport._pool = pool(
         ssl_context=ssl_context,
         max_connections=limits.max_connections,

@@ -148,8 +148,8 @@ Tools and their command lines (edit COMMANDS at the top of the script)
   A tool that fails has the tail of its stderr printed once and its runs marked FAILED.
 
 Reading the tables
-  median wall s / median CPU s are over the successful runs; CPU s/GiB is the median CPU
-  divided by the GiB transferred; peak RSS is the largest ru_maxrss seen (MiB).  The
+  wall s and CPU s are min / median / max over the successful runs; MiB/s and CPU s/GiB
+  come from the medians; peak RSS is the largest ru_maxrss seen (MiB).  The
   "dlman/X" columns are the median over runs of the per-run ratio dlman time / X time
   (same round-robin round, so both ran under similar load): below 1.00x dlman was faster
   (or used less CPU).  On a small noisy machine, trust those ratios more than the
@@ -163,7 +163,7 @@ Exit status: 0 when every run succeeded, 1 when any run FAILED, 2 when nothing c
 
 HELP_EPILOG = """\
 examples
-  python3 scripts/bench.py                                  # everything, 3 runs each
+  python3 scripts/bench.py                                  # everything, 5 runs each
   python3 scripts/bench.py --size-scale 0.05 --runs 1       # quick smoke run
   python3 scripts/bench.py --scenario 1,4 --tools dlman,aria2c --json results.json
   python3 scripts/bench.py --workdir /var/tmp/dlbench --out-dir /dev/shm/dlbench-out
@@ -207,6 +207,18 @@ def first_line(argv: list[str]) -> str:
     if r.returncode != 0:
         return f"? (`{' '.join(argv)}` failed)"
     return out.splitlines()[0] if out else "?"
+
+
+def cpu_model() -> str:
+    """The CPU model as the kernel names it (else what platform knows), e.g. "AMD EPYC"."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
 
 
 def free_port() -> int:
@@ -734,6 +746,13 @@ def fmt(v: float | None, digits: int = 2) -> str:
     return "—" if v is None else f"{v:.{digits}f}"
 
 
+def spread(s: dict, what: str) -> str:
+    """"min / median / max" of the wall or CPU seconds of a row's successful runs."""
+    if f"median_{what}_s" not in s:
+        return "—"
+    return " / ".join(fmt(s[f"{k}_{what}_s"]) for k in ("min", "median", "max"))
+
+
 def summarize(sc: Scenario, rows: list[str], results: list[RunResult]) -> dict:
     summary = {}
     for row in rows:
@@ -741,8 +760,12 @@ def summarize(sc: Scenario, rows: list[str], results: list[RunResult]) -> dict:
         ok = [r for r in rs if r.ok]
         s = {"runs": len(rs), "ok": len(ok), "errors": sorted({r.error for r in rs if r.error})}
         if ok:
+            s["min_wall_s"] = min(r.wall_s for r in ok)
             s["median_wall_s"] = statistics.median(r.wall_s for r in ok)
+            s["max_wall_s"] = max(r.wall_s for r in ok)
+            s["min_cpu_s"] = min(r.cpu_s for r in ok)
             s["median_cpu_s"] = statistics.median(r.cpu_s for r in ok)
+            s["max_cpu_s"] = max(r.cpu_s for r in ok)
             s["cpu_s_per_gib"] = s["median_cpu_s"] / (sc.total_bytes / GiB)
             s["mib_per_s"] = sc.total_bytes / MiB / s["median_wall_s"]
             s["peak_rss_mib"] = max(r.maxrss_kib for r in ok) / 1024
@@ -769,8 +792,8 @@ def render_table(sc: Scenario, rows: list[str], summary: dict, notes: list[str])
     lines += [f"_{n}_" for n in notes]
     if notes:
         lines.append("")
-    lines.append("| tool | status | median wall s | MiB/s | median CPU s | CPU s/GiB "
-                 "| peak RSS MiB | dlman/tool wall | dlman/tool CPU |")
+    lines.append("| tool | status | wall s min / median / max | MiB/s | CPU s min / median / max "
+                 "| CPU s/GiB | peak RSS MiB | dlman/tool wall | dlman/tool CPU |")
     lines.append("|---|---|--:|--:|--:|--:|--:|--:|--:|")
     for row in rows:
         s = summary[row]
@@ -781,8 +804,8 @@ def render_table(sc: Scenario, rows: list[str], summary: dict, notes: list[str])
             rw = f"dlman/{row} {s['dlman_wall_ratio']:.2f}x"
             rc = "—" if s.get("dlman_cpu_ratio") is None else \
                 f"dlman/{row} {s['dlman_cpu_ratio']:.2f}x"
-        lines.append(f"| {row} | {status} | {fmt(s.get('median_wall_s'))} "
-                     f"| {fmt(s.get('mib_per_s'), 1)} | {fmt(s.get('median_cpu_s'))} "
+        lines.append(f"| {row} | {status} | {spread(s, 'wall')} "
+                     f"| {fmt(s.get('mib_per_s'), 1)} | {spread(s, 'cpu')} "
                      f"| {fmt(s.get('cpu_s_per_gib'))} | {fmt(s.get('peak_rss_mib'), 1)} "
                      f"| {rw} | {rc} |")
     failures = [(row, e) for row in rows for e in summary[row]["errors"]]
@@ -802,8 +825,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--scenario", default="1,2,3,4,5", metavar="LIST",
                    help="comma-separated scenario numbers (default: 1,2,3,4,5; those that "
                         "cannot run here are skipped with a note)")
-    p.add_argument("--runs", type=int, default=3, metavar="N",
-                   help="timed runs per tool and scenario (default: 3)")
+    p.add_argument("--runs", type=int, default=5, metavar="N",
+                   help="timed runs per tool and scenario (default: 5)")
     p.add_argument("--size-scale", type=float, default=1.0, metavar="F",
                    help="multiply every file size by F, e.g. 0.05 for a quick smoke run "
                         "(default: 1)")
@@ -978,10 +1001,10 @@ def main(argv: list[str] | None = None) -> int:
         report.update({
             "argv": sys.argv, "size_scale": scale, "runs": args.runs, "tools": tools,
             "versions": versions, "dlman_command": dlman_cmd, "python": sys.version,
-            "platform": platform.platform(), "cpus": os.cpu_count(),
+            "platform": platform.platform(), "cpus": os.cpu_count(), "cpu_model": cpu_model(),
             "connections": CONNECTIONS, "skipped": {str(k): v for k, v in skip_notes.items()},
         })
-        print(f"# dlman benchmark\n\n{platform.platform()}, {os.cpu_count()} CPUs, "
+        print(f"# dlman benchmark\n\n{cpu_model()}, {os.cpu_count()} CPUs, {platform.platform()}, "
               f"{args.runs} run(s) per tool, size scale {scale:g}, {CONNECTIONS} connections.\n")
         for t in tools:
             print(f"- {t}: {versions[t]}")

@@ -3,15 +3,24 @@
 
 Why: on loopback a Python downloader is CPU-bound, so the figure that matters is CPU
 seconds per byte. This serves N MiB from nginx (if on PATH) or else from a Python sender in
-a subprocess, and downloads it with ``aiter_raw()`` (no chunk_size, as dlman does) through
-both transports, over HTTP and HTTPS (a throw-away trustme CA), printing wall time and the
-client's own CPU time (``resource.getrusage``; the server runs in another process).
+a subprocess, and downloads it over HTTP and HTTPS (a throw-away trustme CA), printing wall
+time and the client's own CPU time (``resource.getrusage``; the server runs in another
+process). Clients:
+
+  default  httpx's own transport, ``aiter_raw()`` (no chunk_size, as dlman's slow path does)
+  native   dlman.transport, ``aiter_raw()``
+  fast     dlman.transport, the body read with ``BodyReader.readinto`` into one reusable
+           1 MiB buffer (dlman's fast path), ``aiter_raw()`` for what is left
+  curl     curl to /dev/null, for scale
+
+Over HTTPS it also counts ``ssl.SSLObject.read`` calls per GiB (each returns at most one TLS
+record, 16 KiB, however large the buffer offered).
 
     python scripts/profile_transport.py [--mib 256] [--repeat 3] [--server auto|nginx|python]
-        [--clients default,native,curl] [--http-url URL] [--https-url URL]
+        [--clients default,native,fast,curl] [--http-url URL] [--https-url URL]
 
 With --http-url/--https-url it measures against a server already running (HTTPS without
-certificate checks) instead of starting one; --clients native skips the slow default.
+certificate checks) instead of starting one; --clients native,fast skips the slow default.
 """
 
 from __future__ import annotations
@@ -36,7 +45,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import httpx  # noqa: E402
 
-from dlman.transport import make_transport, native_backend_available  # noqa: E402
+from dlman.transport import body_reader, make_transport, native_backend_available  # noqa: E402
+
+FAST_BUFFER = 1 << 20
+_ssl_reads = [0]
+
+
+def _count_ssl_reads() -> None:
+    """Count every ssl.SSLObject.read (asyncio's TLS layer and httpx's anyio one use it)."""
+    read = ssl.SSLObject.read
+
+    def counting(self: ssl.SSLObject, *args: object, **kwargs: object) -> object:
+        _ssl_reads[0] += 1
+        return read(self, *args, **kwargs)  # type: ignore[arg-type]
+    ssl.SSLObject.read = counting  # type: ignore[method-assign]
 
 FILE_NAME = "blob.bin"
 
@@ -156,12 +178,12 @@ def serve_python(path: Path, cert: Path, key: Path, http_port: int, https_port: 
 
 # ---------------------------------------------------------------- the measurement
 async def download(
-    url: str, native: bool, verify: ssl.SSLContext | bool
+    url: str, client_name: str, verify: ssl.SSLContext | bool
 ) -> tuple[int, float, float]:
     """One streamed download; returns (bytes, wall seconds, client CPU seconds)."""
     wall0, cpu0 = time.perf_counter(), cpu_seconds()
     limits = httpx.Limits()
-    if native:
+    if client_name in ("native", "fast"):
         transport = make_transport(verify=verify, limits=limits, trust_env=False)
     else:
         transport = httpx.AsyncHTTPTransport(verify=verify, limits=limits, trust_env=False)
@@ -171,6 +193,13 @@ async def download(
     ) as client:
         async with client.stream("GET", url) as response:
             response.raise_for_status()
+            reader = body_reader(response) if client_name == "fast" else None
+            if client_name == "fast" and reader is None:
+                raise SystemExit("fast: the transport offers no BodyReader for this response")
+            if reader is not None:
+                view = memoryview(bytearray(FAST_BUFFER))
+                while count := await reader.readinto(view):
+                    received += count
             async for chunk in response.aiter_raw():
                 received += len(chunk)
     return received, time.perf_counter() - wall0, cpu_seconds() - cpu0
@@ -193,24 +222,26 @@ def measure(
 ) -> None:
     """Download each URL ``repeat`` times per client and print one line per (URL, client)."""
     print(f"{'scheme':<6} {'client':<9} {'wall best':>9} {'wall med':>9} "
-          f"{'cpu best':>9} {'cpu med':>9} {'MiB/s':>7} {'MiB':>6}")
+          f"{'cpu best':>9} {'cpu med':>9} {'MiB/s':>7} {'MiB':>6} {'SSL reads/GiB':>13}")
     for scheme, url in urls:
         mib = 0.0
         for name in clients:
             if name == "curl":
                 continue
             walls, cpus, sizes = [], [], set()
+            _ssl_reads[0] = 0
             for _ in range(repeat):
-                size, wall, cpu = asyncio.run(download(url, name == "native", verify))
+                size, wall, cpu = asyncio.run(download(url, name, verify))
                 sizes.add(size)
                 walls.append(wall)
                 cpus.append(cpu)
             if len(sizes) != 1 or not size:
                 raise SystemExit(f"{name} {scheme}: got sizes {sorted(sizes)}")
             mib = size / (1 << 20)
+            reads = f"{_ssl_reads[0] / repeat / (mib / 1024):13.0f}" if scheme == "https" else ""
             print(f"{scheme:<6} {name:<9} {min(walls):9.3f} {statistics.median(walls):9.3f}"
                   f" {min(cpus):9.3f} {statistics.median(cpus):9.3f}"
-                  f" {mib / min(walls):7.0f} {mib:6.0f}")
+                  f" {mib / min(walls):7.0f} {mib:6.0f} {reads}")
         curl = run_curl(url, cafile) if "curl" in clients else None
         if curl:
             print(f"{scheme:<6} {'curl':<9} {curl[0]:9.3f} {'':>9} {curl[1]:9.3f}"
@@ -222,8 +253,8 @@ def main() -> int:
     parser.add_argument("--mib", type=int, default=256, help="size to download (MiB)")
     parser.add_argument("--repeat", type=int, default=3, help="downloads per configuration")
     parser.add_argument("--server", choices=["auto", "nginx", "python"], default="auto")
-    parser.add_argument("--clients", default="default,native,curl",
-                        help="comma-separated, of: default, native, curl")
+    parser.add_argument("--clients", default="default,native,fast,curl",
+                        help="comma-separated, of: default, native, fast, curl")
     parser.add_argument("--http-url", help="use this running server instead of starting one")
     parser.add_argument("--https-url", help="likewise (certificate not verified)")
     parser.add_argument("--serve", nargs=5, help=argparse.SUPPRESS)  # internal: be the sender
@@ -235,6 +266,7 @@ def main() -> int:
         return 0
 
     clients = [name.strip() for name in args.clients.split(",") if name.strip()]
+    _count_ssl_reads()
     if not native_backend_available():
         print("dlman.transport: native backend NOT available; it would fall back")
     if args.http_url or args.https_url:

@@ -39,3 +39,18 @@ def server2() -> Iterator[FaultServer]:
 def make_data() -> Callable[..., bytes]:
     """``make_data(size, seed=0)``: deterministic random bytes, the same for the same seed."""
     return _make_data
+
+
+@pytest.fixture(autouse=True)
+def _fresh_loggers() -> Iterator[None]:
+    """The command line routes the "dlman" logger to stderr; an in-process CLI test must not leave
+    that route to the tests after it (the engine itself prints nothing)."""
+    import logging
+
+    names = ("dlman", "httpx", "httpcore")
+    saved = {name: (list(logging.getLogger(name).handlers), logging.getLogger(name).level) for name in names}
+    yield
+    for name, (handlers, level) in saved.items():
+        logger = logging.getLogger(name)
+        logger.handlers[:] = handlers
+        logger.setLevel(level)

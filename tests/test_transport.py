@@ -22,6 +22,7 @@ import pytest
 
 from dlman import transport as tr
 from h2server import H2Server
+from helpers import wait_for
 
 DATA = random.Random(20240601).randbytes(8 * 1024 * 1024)
 BIG = DATA * 4  # 32 MiB for the back-pressure test
@@ -261,6 +262,160 @@ def test_cut_mid_body_keeps_the_prefix(server: Server, path: str) -> None:
     assert bytes(got) == DATA[: len(got)]
     if path == "/cut":  # an orderly FIN delivers everything sent before it
         assert len(got) == 300_007
+
+
+# --- the fast body path: BodyReader.readinto ----------------------------------------------
+
+async def read_fast(c: httpx.AsyncClient, url: str, size: int = 100_000) -> tuple[bytes, int, int]:
+    """The body through its BodyReader into one reused buffer of ``size`` bytes, then whatever
+    iterating still gives: (body, bytes read into the buffer, reads)."""
+    got = bytearray()
+    buffer = memoryview(bytearray(size))
+    reads = 0
+    async with c.stream("GET", url) as response:
+        reader = tr.body_reader(response)
+        assert reader is not None
+        while count := await reader.readinto(buffer):
+            got += buffer[:count]
+            reads += 1
+        read_into = len(got)
+        async for chunk in response.aiter_raw():
+            got += chunk
+    return bytes(got), read_into, reads
+
+
+@pytest.mark.parametrize("tls", [False, True])
+def test_body_reader_reads_the_whole_body_and_the_connection_is_reused(ca: typing.Any, tls: bool) -> None:
+    srv = Server(http_handler, server_tls_context(ca, ["http/1.1"]) if tls else None)
+    scheme = "https" if tls else "http"
+
+    async def main() -> None:
+        async with client(verify=client_tls_context(ca)) as c:
+            for _ in range(2):
+                body, read_into, reads = await read_fast(c, srv.url("/bytes/8388608", scheme))
+                assert body == DATA and read_into == len(DATA)
+                assert reads >= len(DATA) // 100_000  # never more than the buffer per read
+            assert await fetch(c, srv.url("/bytes/1000", scheme)) == DATA[:1000]
+
+    try:
+        asyncio.run(main())
+    finally:
+        srv.close()
+    assert srv.connections == 1
+
+
+def test_body_reader_only_for_a_body_with_a_length(server: Server) -> None:
+    async def main() -> None:
+        async with client() as c:
+            for path in ("/chunked", "/eof"):
+                async with c.stream("GET", server.url(path)) as response:
+                    assert tr.body_reader(response) is None
+                    assert b"".join([x async for x in response.aiter_raw()]) == DATA
+            async with c.stream("GET", server.url("/bytes/1000")) as response:
+                await response.aread()  # read already (an event hook may do this)
+                assert tr.body_reader(response) is None
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("path", ["/cut", "/reset"])
+def test_body_reader_cut_short_keeps_the_prefix_and_iterating_raises(server: Server, path: str) -> None:
+    got = bytearray()
+
+    async def main() -> None:
+        async with client() as c:
+            async with c.stream("GET", server.url(path)) as response:
+                reader = tr.body_reader(response)
+                buffer = memoryview(bytearray(1 << 20))
+                while count := await reader.readinto(buffer):
+                    got.extend(buffer[:count])
+                async for chunk in response.aiter_raw():
+                    got.extend(chunk)
+
+    with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)):
+        asyncio.run(main())
+    assert 0 < len(got) < len(DATA) and bytes(got) == DATA[: len(got)]
+    if path == "/cut":
+        assert len(got) == 300_007
+
+
+def test_body_reader_read_timeout(server: Server) -> None:
+    async def main() -> None:
+        async with client(timeout=httpx.Timeout(5.0, read=0.3)) as c:
+            async with c.stream("GET", server.url("/stall")) as response:
+                reader = tr.body_reader(response)
+                buffer = memoryview(bytearray(1 << 20))
+                while await reader.readinto(buffer):
+                    pass
+
+    started = time.monotonic()
+    with pytest.raises(httpx.ReadTimeout):
+        asyncio.run(main())
+    assert time.monotonic() - started < 3
+
+
+@pytest.mark.parametrize("finish", [False, True])
+def test_a_response_closed_before_its_end_resets_the_connection(finish: bool) -> None:
+    """HTTP/1.1 has no other way to say "stop sending": the server's next send fails at
+    once, instead of pushing the rest of the body into a dead socket. A body read to its
+    end leaves its connection open for the next request."""
+    client_done = threading.Event()
+    outcome: list[str] = []
+
+    def handler(conn: socket.socket, srv: Server) -> None:
+        read_request(conn, bytearray())
+        send_head(conn, {"Content-Length": str(2 * 65536)})
+        conn.sendall(DATA[:65536])
+        if finish:
+            conn.sendall(DATA[65536:131072])
+        client_done.wait(5)
+        time.sleep(0.1)  # what the client's close sent has arrived
+        try:
+            conn.sendall(b"more bytes" if finish else DATA[65536:131072])
+            outcome.append("sent")
+        except OSError as exc:
+            outcome.append(type(exc).__name__)
+
+    srv = Server(handler)
+
+    async def main() -> None:
+        async with client() as c:
+            async with c.stream("GET", srv.url("/")) as response:
+                reader = tr.body_reader(response)
+                view = memoryview(bytearray(65536))
+                got = await reader.readinto(view)
+                if finish:
+                    while await reader.readinto(view):
+                        pass
+                    async for _ in response.aiter_raw():
+                        pass
+                assert got > 0
+            client_done.set()
+            await asyncio.to_thread(wait_for, lambda: bool(outcome), what="the server's next send")
+
+    try:
+        asyncio.run(main())
+    finally:
+        srv.close()
+    assert outcome == (["sent"] if finish else ["ConnectionResetError"])
+
+
+def test_readinto_lands_in_the_callers_buffer_when_nothing_is_buffered() -> None:
+    """While a reader waits, asyncio reads straight into its buffer (no copy, no bytes)."""
+    protocol, transport = new_protocol()
+    mine = memoryview(bytearray(1000))
+    protocol.sink(mine)
+    region = protocol.get_buffer(-1)
+    region[:300] = DATA[:300]
+    protocol.buffer_updated(300)
+    assert protocol.unread == 0 and protocol.unsink() == 300 and bytes(mine[:300]) == DATA[:300]
+    # with bytes buffered already, they come first: the sink is not used
+    protocol.get_buffer(-1)[:5] = b"first"
+    protocol.buffer_updated(5)
+    protocol.sink(mine)
+    assert len(protocol.get_buffer(-1)) >= tr.MIN_FREE and protocol._into_sink is False
+    protocol.unsink()
+    assert protocol.take_into(mine) == 5 and bytes(mine[:5]) == b"first"
 
 
 def test_stream_read_eof_and_is_readable() -> None:
@@ -543,36 +698,74 @@ def h2_connection(c: httpx.AsyncClient) -> typing.Any:
     return connection._connection
 
 
-def test_http2_pool_is_the_cancelling_one_unless_internals_differ(
+class _Negotiated:
+    """A stream as ``_HTTPConnection._speak`` sees it: only its ALPN choice matters."""
+
+    def __init__(self, alpn: str) -> None:
+        self.alpn = alpn
+
+    def get_extra_info(self, info: str) -> typing.Any:
+        return self if info == "ssl_object" else None
+
+    def selected_alpn_protocol(self) -> str:
+        return self.alpn
+
+
+def test_pool_speaks_through_our_connections_unless_internals_differ(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import httpcore
 
-    assert tr.cancelling_http2_available()
-    pool = tr.make_transport(limits=LIMITS, http2=True)._pool  # type: ignore[attr-defined]
-    assert isinstance(pool, tr._CancellingPool)
-    assert type(tr.make_transport(limits=LIMITS)._pool) is httpcore.AsyncConnectionPool  # type: ignore[attr-defined]
+    assert tr.cancelling_http2_available() and tr.fast_body_available()
+    for http2 in (False, True):
+        assert isinstance(tr.make_transport(limits=LIMITS, http2=http2)._pool, tr._Pool)  # type: ignore[attr-defined]
+    origin = httpcore.Origin(b"https", b"example.invalid", 443)
+    connection = tr._HTTPConnection(origin=origin, http1=True, http2=True)
+
+    def speaks(alpn: str) -> type:
+        return type(connection._speak(_Negotiated(alpn)))  # type: ignore[arg-type]
+
+    assert speaks("h2") is tr.CancellingHTTP2Connection
+    assert speaks("http/1.1") is tr._FastHTTP11Connection
     monkeypatch.setattr(tr, "cancelling_http2_available", lambda: False)
-    pool = tr.make_transport(limits=LIMITS, http2=True)._pool  # type: ignore[attr-defined]
-    assert type(pool) is httpcore.AsyncConnectionPool
+    assert speaks("h2") is httpcore.AsyncHTTP2Connection
+    monkeypatch.setattr(tr, "fast_body_available", lambda: False)
+    assert speaks("http/1.1") is httpcore.AsyncHTTP11Connection
+    assert type(tr.make_transport(limits=LIMITS, http2=True)._pool) is httpcore.AsyncConnectionPool  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize("owner, name", [
-    ("httpcore.AsyncHTTP2Connection", "_response_closed"),
-    ("httpcore.AsyncHTTP2Connection", "_receive_stream_event"),
-    ("httpcore.AsyncHTTP2Connection", "_write_outgoing_data"),
-    ("httpcore.AsyncHTTPConnection", "_connect"),
-    ("h2.connection.H2Connection", "reset_stream"),
+@pytest.fixture
+def clear_checks() -> typing.Iterator[typing.Callable[[], None]]:
+    """Forget the cached answers of the internals checks (also after the test)."""
+    def clear() -> None:
+        for check in (tr.connection_internals_available, tr.cancelling_http2_available,
+                      tr.fast_body_available):
+            check.cache_clear()
+    clear()
+    yield clear
+    clear()
+
+
+@pytest.mark.parametrize("check, owner, name", [
+    ("cancelling_http2_available", "httpcore.AsyncHTTP2Connection", "_response_closed"),
+    ("cancelling_http2_available", "httpcore.AsyncHTTP2Connection", "_receive_stream_event"),
+    ("cancelling_http2_available", "httpcore.AsyncHTTP2Connection", "_write_outgoing_data"),
+    ("cancelling_http2_available", "httpcore.AsyncHTTPConnection", "_connect"),
+    ("cancelling_http2_available", "h2.connection.H2Connection", "reset_stream"),
+    ("fast_body_available", "httpcore.AsyncHTTPConnection", "_connect"),
+    ("fast_body_available", "h11._receivebuffer.ReceiveBuffer", "maybe_extract_at_most"),
 ])
-def test_cancelling_http2_checks_the_internals_it_relies_on(
-    monkeypatch: pytest.MonkeyPatch, owner: str, name: str
+def test_our_connections_check_the_internals_they_rely_on(
+    monkeypatch: pytest.MonkeyPatch, clear_checks: typing.Callable[[], None], check: str, owner: str,
+    name: str,
 ) -> None:
     import importlib
 
     module, _, cls = owner.rpartition(".")
     target = getattr(importlib.import_module(module), cls)
-    available = tr.cancelling_http2_available.__wrapped__  # the uncached check
+    available = getattr(tr, check)
     assert available()
+    clear_checks()
     monkeypatch.delattr(target, name)
     assert not available()
 

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from dlman.errors import InvalidInputError
 from dlman.home import prepare_home, resolve_home
+from dlman.naming import PART_SUFFIX, STATE_SUFFIX
 from dlman.options import check_urls, redact
 from dlman.queue import ownership, store
 from dlman.queue.jobs import (
@@ -148,13 +149,16 @@ def _settle(conn: "sqlite3.Connection", owner: str, job_id: int, state: str | No
 
 
 def _unlink(paths: Iterable[Path]) -> None:
-    for path in paths:
+    """Delete jobs' partial data, never while a transfer owns it (its ``NAME.part`` is locked)."""
+    from dlman.storage import remove_partial
+
+    for dest in dict.fromkeys(path.with_name(path.name.removesuffix(STATE_SUFFIX).removesuffix(PART_SUFFIX))
+                              for path in paths):
         try:
-            path.unlink()
-        except FileNotFoundError:
-            pass
+            if not remove_partial(dest):
+                log.warning("kept the partial data of %s: a transfer is writing it", dest)
         except OSError as error:
-            log.warning("could not delete %s: %s", path, error.strerror or error)
+            log.warning("could not delete the partial data of %s: %s", dest, error.strerror or error)
 
 
 def _json_ids(ids: Iterable[int]) -> str:
