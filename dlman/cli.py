@@ -25,8 +25,11 @@ from dlman.progress import MODES as PROGRESS_MODES
 from dlman.states import STATES
 
 if TYPE_CHECKING:
+    from array import array
+
     from click.shell_completion import CompletionItem
 
+    from dlman.manifest import Entry
     from dlman.queue import Job, NewJob, Outcome, Queue
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -343,14 +346,13 @@ def add(settings: Settings, urls: tuple[str, ...], input_file: str | None, outpu
               "http2": http2, "insecure": insecure, "retries": retries, "timeout": timeout, "max_speed": max_speed,
               "verify_digest": verify_digest, "verify": None if insecure else _ca_from_environment(),
               "load_cookies": load_cookies, "save_cookies": save_cookies, "on_done": on_done, "on_fail": on_fail}
-    new_jobs = _plan(urls, input_file, output, directory, common)
     queue = settings.queue()
-    added = _ids(job.id for job in queue.add_many(new_jobs))
+    added = _distinct(queue.add_stream(_plan(urls, input_file, output, directory, common)))
     if insecure and later:
         settings.say("warning: --insecure: TLS certificates of these jobs will not be verified")
     if later:
-        for job_id in added:
-            click.echo(job_id)
+        for start in range(0, len(added), 10_000):  # a million ids print in a blink, not one echo each
+            click.echo("\n".join(map(str, added[start:start + 10_000])))
         raise click.exceptions.Exit(EXIT_OK)
     settings.progress = progress
     raise click.exceptions.Exit(_run(settings, queue, jobs=jobs, ids=added, limit_rate=limit_rate))
@@ -364,11 +366,25 @@ def _ca_from_environment() -> str | None:
     return path if path and os.path.exists(path) else None
 
 
+def _distinct(ids: Sequence[int]) -> "array[int]":
+    """Queue ids in order, each once (the same request asked twice is one job), in little memory."""
+    from array import array
+
+    seen = bytearray(max(ids, default=0) // 8 + 1)
+    kept = array("q")
+    for job_id in ids:
+        if not seen[job_id >> 3] & (1 << (job_id & 7)):
+            seen[job_id >> 3] |= 1 << (job_id & 7)
+            kept.append(job_id)
+    return kept
+
+
 def _plan(urls: Sequence[str], input_file: str | None, output: str | None, directory: str,
-          common: dict[str, Any]) -> list["NewJob"]:
-    """Every job ``add`` was asked for, all validated; Failure (exit 2) before anything is enqueued."""
+          common: dict[str, Any]) -> Iterator["NewJob"]:
+    """Every job ``add`` was asked for, validated as it is read; it raises Failure (exit 2) after
+    the last line when anything was wrong, and the caller's transaction then enqueues nothing."""
     from dlman.errors import InvalidInputError
-    from dlman.manifest import ManifestError, parse_manifest
+    from dlman.manifest import ManifestError
     from dlman.options import check_url
     from dlman.queue import prepare
 
@@ -378,34 +394,61 @@ def _plan(urls: Sequence[str], input_file: str | None, output: str | None, direc
             check_url(url)
         except InvalidInputError as error:
             problems.append(f"dlman: {error}")
-    entries = []
-    if input_file is not None:
-        try:
-            entries = parse_manifest(_read_manifest(input_file), "<stdin>" if input_file == "-" else input_file)
-        except ManifestError as error:
-            problems += error.problems
+    directory = os.path.abspath(directory)  # once, not once per entry
+    count = 0
+    misuse = None
+    templates: dict[tuple[Any, ...], NewJob] = {}
+    for url in urls:
+        count += 1
+        if not problems:
+            yield prepare(url, _as_dir(directory), output=output, **common)
+    try:
+        for entry in _manifest(input_file):
+            count += 1
+            if count > 1 and misuse is None:
+                misuse = ("-o/--output takes one URL only" if output else
+                          "--checksum takes one URL only" if common["checksum"] else None)
+            if problems or misuse:
+                continue
+            yield _entry_job(entry, directory, common, templates)
+    except ManifestError as error:
+        problems += error.problems
     if problems:
         if input_file is not None:
             problems.append("dlman: nothing was added")
         raise Failure("\n".join(problems), raw=True)
-    count = len(urls) + len(entries)
     if count == 0:
         raise click.UsageError("no URL given: pass one or more URLs, or -i FILE")
-    if output and count > 1:
-        raise click.UsageError("-o/--output takes one URL only")
-    if common["checksum"] and count > 1:
-        raise click.UsageError("--checksum takes one URL only")
-    planned = [prepare(url, _as_dir(directory), output=output, **common) for url in urls]
-    for entry in entries:
+    if misuse or (count > 1 and (output or common["checksum"])):
+        raise click.UsageError(misuse or ("-o/--output takes one URL only" if output else
+                                          "--checksum takes one URL only"))
+
+
+def _entry_job(entry: "Entry", directory: str, common: dict[str, Any], templates: dict[tuple[Any, ...], "NewJob"]
+               ) -> "NewJob":
+    """``prepare`` for one manifest entry. Entries that differ only in their URLs and names share
+    one ``prepare`` of their directory and options (the URLs and names were checked as the
+    manifest was read): a million of them would otherwise each pay for checking it all again."""
+    from dlman.queue import NewJob, prepare
+
+    where = os.path.join(directory, entry.dir) if entry.dir else directory
+    key = (where, entry.headers, entry.connections, entry.checksum)
+    template = templates.get(key)
+    if template is None:
+        if len(templates) >= 1024:
+            templates.clear()
         options = dict(common)
         options["headers"] = list(common["headers"]) + list(entry.headers)
         if entry.connections is not None:
             options["connections"] = entry.connections
         if entry.checksum is not None:
             options["checksum"] = entry.checksum
-        where = os.path.join(directory, entry.dir) if entry.dir else directory
-        planned.append(prepare(list(entry.urls), _as_dir(where), output=entry.out, **options))
-    return planned
+        template = templates[key] = prepare(list(entry.urls), _as_dir(where), **options)
+    if entry.out is None:
+        return NewJob(urls=entry.urls, dest=template.dest, dest_is_dir=True, output=None, options=template.options)
+    # As prepare places an output: inside the directory (check_out normalised it and kept it there).
+    return NewJob(urls=entry.urls, dest=os.path.join(template.dest, entry.out), dest_is_dir=False,
+                  output=entry.out, options=template.options)
 
 
 def _as_dir(path: str) -> str:
@@ -413,16 +456,24 @@ def _as_dir(path: str) -> str:
     return path if path.endswith(os.sep) else path + os.sep
 
 
-def _read_manifest(source: str) -> str:
+def _manifest(source: str | None) -> Iterator["Entry"]:
+    """The entries of the manifest ``-i`` names, read and checked a line at a time."""
+    from dlman.manifest import iter_manifest, read_lines
+
+    if source is None:
+        return
+    name = "<stdin>" if source == "-" else source
     try:
-        if source == "-":
-            return sys.stdin.buffer.read().decode("utf-8")
-        with open(source, "rb") as handle:
-            return handle.read().decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise Failure(f"{source}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+        handle = sys.stdin.buffer if source == "-" else open(source, "rb")
     except OSError as error:
         raise Failure(f"cannot read manifest {source}: {error.strerror or error}") from None
+    try:
+        yield from iter_manifest(read_lines(handle, name), name)
+    except OSError as error:
+        raise Failure(f"cannot read manifest {source}: {error.strerror or error}") from None
+    finally:
+        if handle is not sys.stdin.buffer:
+            handle.close()
 
 
 def _run(settings: Settings, queue: "Queue", *, jobs: int = 4, ids: Sequence[int] | None = None,

@@ -1,14 +1,18 @@
 """Manifest files (``-i``): aria2's input-file format for the keys the SPEC names.
 
-Pure: it takes text and returns entries, so the whole file can be checked (and
-every problem reported as ``FILE:LINE: message``) before anything is enqueued.
+Pure but for a scratch table: it takes lines and returns entries, so the whole file can be
+checked (and every problem reported as ``FILE:LINE: message``) before anything is committed.
+``iter_manifest`` streams: a manifest of a million entries is checked and enqueued in one
+transaction without ever being held in memory.
 """
 
 from __future__ import annotations
 
 import posixpath
 import re
-from dataclasses import dataclass
+import sqlite3
+from collections.abc import Iterable, Iterator
+from typing import Any, BinaryIO, NamedTuple
 
 from dlman.checksum import parse_checksum
 from dlman.errors import InvalidInputError
@@ -17,11 +21,15 @@ from dlman.options import check_connections, check_url, mask_url, parse_header
 KEYS = ("out", "dir", "checksum", "header", "connections", "split")
 _ALIASES = {"split": "connections"}
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_DRIVE = re.compile(r"[A-Za-z]:")
 
 
-@dataclass(frozen=True)
-class Entry:
-    """One file to download: its mirror URLs and the options of its indented lines."""
+class Entry(NamedTuple):
+    """One file to download: its mirror URLs and the options of its indented lines.
+
+    (A named tuple: a manifest makes a million of them, and a frozen dataclass costs twice as
+    much to build.)
+    """
 
     urls: tuple[str, ...]
     line: int
@@ -51,7 +59,7 @@ def _inside(key: str, value: str) -> str:
     if _CONTROL.search(value):
         raise InvalidInputError(f"{key} {value!r} holds a control character")
     path = value.replace("\\", "/")
-    if path.startswith("/") or re.match(r"^[A-Za-z]:", path):
+    if path.startswith("/") or _DRIVE.match(path):
         raise InvalidInputError(f"{key} {value!r} is absolute: it must stay inside its directory")
     if ".." in path.split("/"):
         raise InvalidInputError(f"{key} {value!r} leaves its directory")
@@ -71,7 +79,7 @@ def check_dir(directory: str) -> str:
     return _inside("dir", directory)
 
 
-def _parse_option(key: str, value: str, entry: dict, seen: set[str]) -> None:
+def _parse_option(key: str, value: str, entry: dict[str, Any], seen: set[str]) -> None:
     """Apply one ``key=value`` line to the entry being built; raise InvalidInputError if bad."""
     if key not in KEYS:
         raise InvalidInputError(f"unknown option {key!r} (known: {', '.join(KEYS)})")
@@ -102,69 +110,134 @@ def _target(entry: Entry) -> str:
     Without ``out`` the name comes from the server, so only the same URL twice in
     the same directory is a sure collision.
     """
-    directory = posixpath.normpath((entry.dir or ".").replace("\\", "/"))
+    directory = entry.dir or "."  # already normalised by check_dir
     if entry.out is not None:
         return f"{directory}\0file\0{entry.out}"
     return f"{directory}\0url\0{entry.urls[0] if entry.urls else ''}"
 
 
-def parse_manifest(text: str, source: str = "-") -> list[Entry]:
-    """The manifest's entries, or ManifestError listing every bad line of it."""
-    problems: list[str] = []
-    builders: list[tuple[int, dict, set[str]]] = []
+class TargetIndex:
+    """Which line first wrote each target, in a private scratch database.
+
+    A manifest of a million entries would otherwise keep a million strings in memory just
+    to spot two entries writing the same file; SQLite keeps a few pages and spills the rest.
+    """
+
+    def __init__(self) -> None:
+        self._db = sqlite3.connect("", isolation_level=None)
+        self._db.execute("CREATE TABLE targets (target TEXT PRIMARY KEY, line INTEGER) WITHOUT ROWID")
+        self._db.execute("BEGIN")  # one transaction: nothing of this is ever kept
+
+    def first(self, target: str, line: int) -> int | None:
+        """Record ``target`` as written by ``line``; the earlier line that writes it, if any."""
+        try:
+            self._db.execute("INSERT INTO targets VALUES (?, ?)", (target, line))
+        except sqlite3.IntegrityError:
+            return self._db.execute("SELECT line FROM targets WHERE target = ?", (target,)).fetchone()[0]
+        return None
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class _InMemory(dict):  # type: ignore[type-arg]
+    """``TargetIndex`` for a manifest already held in memory."""
+
+    def first(self, target: str, line: int) -> int | None:
+        earlier: int | None = self.get(target)
+        if earlier is None:
+            self[target] = line
+        return earlier
+
+    def close(self) -> None:
+        pass
+
+
+def iter_manifest(lines: Iterable[str], source: str = "-", targets: TargetIndex | None = None) -> Iterator[Entry]:
+    """The manifest's entries, one at a time, while it is clean so far; then ManifestError
+    listing every bad line of it, if any.
+
+    Nothing but the entry being read and the problems found stays in memory, so the
+    caller can write each entry as it comes, in one transaction it rolls back if this
+    raises: the whole manifest is still checked before anything is committed.
+    """
+    problems: list[tuple[int, str]] = []
+    index: TargetIndex | _InMemory = TargetIndex() if targets is None else targets
+    building: tuple[int, dict[str, Any], set[str]] | None = None
 
     def problem(number: int, message: str) -> None:
-        problems.append(f"{source}:{number}: {message}")
+        problems.append((number, f"{source}:{number}: {message}"))
 
-    if text.startswith("\ufeff"):
-        text = text[1:]
-    for number, raw in enumerate(text.split("\n"), start=1):
-        line = raw.rstrip("\r")
-        stripped = line.strip()
-        if not stripped or stripped.startswith("#"):
-            continue
-        if line[0] in " \t":
-            if not builders:
-                problem(number, "option line before any URL line")
-                continue
-            key, sep, value = stripped.partition("=")
-            if not sep:
-                problem(number, f"expected key=value, got {mask_url(stripped)!r}")
-                continue
-            _, entry, seen = builders[-1]
-            try:
-                _parse_option(key.strip(), value.strip(), entry, seen)
-            except InvalidInputError as error:
-                problem(number, str(error))
-            continue
-        urls = []
-        for url in filter(None, (part.strip() for part in line.split("\t"))):
-            try:
-                urls.append(check_url(url))
-            except InvalidInputError as error:
-                problem(number, str(error))
-        builders.append((number, {"urls": urls, "headers": []}, set()))
-
-    entries = []
-    targets: dict[str, int] = {}
-    for number, fields, _ in builders:
-        entry = Entry(
-            urls=tuple(fields["urls"]),
-            line=number,
-            out=fields.get("out"),
-            dir=fields.get("dir"),
-            checksum=fields.get("checksum"),
-            headers=tuple(fields["headers"]),
-            connections=fields.get("connections"),
-        )
+    def finish(number: int, fields: dict[str, Any]) -> Entry | None:
+        entry = Entry(urls=tuple(fields["urls"]), line=number, out=fields.get("out"), dir=fields.get("dir"),
+                      checksum=fields.get("checksum"), headers=tuple(fields["headers"]),
+                      connections=fields.get("connections"))
         if entry.urls:
-            target = _target(entry)
-            if target in targets:
-                problem(number, f"writes the same file as the entry on line {targets[target]}")
-            else:
-                targets[target] = number
-        entries.append(entry)
+            earlier = index.first(_target(entry), number)
+            if earlier is not None:
+                problem(number, f"writes the same file as the entry on line {earlier}")
+        return None if problems else entry
+
+    try:
+        for number, raw in enumerate(lines, start=1):
+            if number == 1 and raw.startswith("\ufeff"):
+                raw = raw[1:]
+            line = raw.rstrip("\r\n")
+            stripped = line.strip()
+            if not stripped or stripped[0] == "#":
+                continue
+            if line[0] in " \t":
+                if building is None:
+                    problem(number, "option line before any URL line")
+                    continue
+                key, sep, value = stripped.partition("=")
+                if not sep:
+                    problem(number, f"expected key=value, got {mask_url(stripped)!r}")
+                    continue
+                _, fields, seen = building
+                try:
+                    _parse_option(key.strip(), value.strip(), fields, seen)
+                except InvalidInputError as error:
+                    problem(number, str(error))
+                continue
+            if building is not None:
+                entry = finish(building[0], building[1])
+                if entry is not None:
+                    yield entry
+            urls = []
+            for url in filter(None, (part.strip() for part in line.split("\t"))):
+                try:
+                    urls.append(check_url(url))
+                except InvalidInputError as error:
+                    problem(number, str(error))
+            building = (number, {"urls": urls, "headers": []}, set())
+        if building is not None:
+            entry = finish(building[0], building[1])
+            if entry is not None:
+                yield entry
+    finally:
+        if targets is None:
+            index.close()
     if problems:
-        problems.sort(key=lambda p: int(p[len(source) + 1:].split(":", 1)[0]))
-        raise ManifestError(problems, path=source)
-    return entries
+        problems.sort(key=lambda found: found[0])
+        raise ManifestError([message for _, message in problems], path=source)
+
+
+def parse_manifest(text: str, source: str = "-") -> list[Entry]:
+    """The manifest's entries, or ManifestError listing every bad line of it."""
+    return list(iter_manifest(text.split("\n"), source, _InMemory()))  # type: ignore[arg-type]
+
+
+def read_lines(handle: BinaryIO, source: str) -> Iterator[str]:
+    """The lines of a UTF-8 file as they are read (a line ends at LF only, as in ``str.split``).
+
+    InvalidInputError names the first byte that is not UTF-8.
+    """
+    offset = 0
+    for raw in handle:
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise InvalidInputError(f"{source}: not UTF-8 text ({error.reason} at byte {offset + error.start})",
+                                    path=source) from None
+        offset += len(raw)

@@ -6,6 +6,7 @@ three front doors cannot drift apart.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from urllib.parse import unquote, urlsplit
@@ -202,6 +203,7 @@ def mask_url(url: str) -> str:
 
 
 _WORD = re.compile(r"\S+")
+_SPACE = re.compile(r"\s")  # what str.isspace() calls white space, found in one scan
 _CLOSING = ".,:;!?)]}>'\""  # punctuation that ends a sentence or a quotation, not the URL before it
 
 
@@ -220,26 +222,62 @@ def redact(text: str) -> str:
 
 
 def check_url(url: str) -> str:
-    """The URL, if it is an absolute http(s) URL with a host; else InvalidInputError."""
-    try:
-        parts = urlsplit(url.strip())
-        port_ok = parts.port is None or 0 < parts.port < 65536
-    except ValueError:
-        port_ok = False
-        parts = None
-    if parts is None or parts.scheme.lower() not in ("http", "https") or not parts.hostname or not port_ok:
-        raise InvalidInputError(f"invalid URL {mask_url(url)!r}: expected http:// or https:// with a host")
-    if any(ch.isspace() for ch in url.strip()):
-        raise InvalidInputError(f"invalid URL {mask_url(url)!r}: it contains whitespace")
-    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in url):
-        raise InvalidInputError(f"invalid URL {mask_url(url)!r}: it contains a control character")
+    """The URL, if it is an absolute http(s) URL with a host that httpx accepts; else InvalidInputError."""
+    problem = _url_problem(url)
+    if problem:
+        raise InvalidInputError(f"invalid URL {mask_url(url)!r}: {problem}")
+    return url.strip()
+
+
+# The everyday shape of a valid URL (http(s), a plain ASCII host, an optional port, no white space),
+# told in one match; anything else, valid or not, goes through urlsplit and httpx. For this shape
+# httpx can only refuse a bad IPv4 address, an "xn--" label it cannot decode, or a URL too long.
+_PLAIN_URL = re.compile(r"(?i:https?)://([A-Za-z0-9._~-]+)(?::(\d{1,5}))?(?:[/?#]\S*)?")
+_IPV4_STYLE = re.compile(r"[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+")
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
+_LONGEST_URL = 65536  # httpx refuses longer ones
+
+
+def _plain_host(host: str) -> bool:
+    """Whether httpx takes this host of a URL of the everyday shape as it is."""
+    if host[:4].lower() == "xn--":
+        return False
+    if _IPV4_STYLE.fullmatch(host):
+        import ipaddress
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            return False
+    return True
+
+
+@functools.lru_cache(maxsize=256)  # a manifest's URL is checked as it is read, then again by prepare
+def _url_problem(url: str) -> str | None:
+    text = url.strip()
+    plain = _PLAIN_URL.fullmatch(text)
+    if plain is None or not (plain.group(2) is None or 0 < int(plain.group(2)) < 65536):
+        plain = None
+        try:
+            parts = urlsplit(text)
+            port = parts.port
+        except ValueError:
+            parts, port = None, -1
+        if parts is None or parts.scheme.lower() not in ("http", "https") or not parts.hostname or not (
+                port is None or 0 < port < 65536):
+            return "expected http:// or https:// with a host"
+        if _SPACE.search(text):
+            return "it contains whitespace"
+    if _CONTROL_CHARACTER.search(url):
+        return "it contains a control character"
+    if plain is not None and len(text) <= _LONGEST_URL and _plain_host(plain.group(1)):
+        return None
     import httpx  # here, not at the top: the command line starts without it
 
     try:
-        httpx.URL(url.strip()).host  # the host is decoded lazily: an IDNA label httpx refuses, say
+        httpx.URL(text).host  # the host is decoded lazily: an IDNA label httpx refuses, say
     except (httpx.InvalidURL, UnicodeError, ValueError) as exc:
-        raise InvalidInputError(f"invalid URL {mask_url(url)!r}: {exc}") from None
-    return url.strip()
+        return str(exc)
+    return None
 
 
 def check_urls(urls: str | Sequence[str]) -> list[str]:

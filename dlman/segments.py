@@ -85,6 +85,12 @@ class SegmentPlan:
             taken.busy = True
         return taken
 
+    def useful_connections(self, limit: int) -> int:
+        """How many of ``limit`` connections can ever have work: one per unfinished segment, and
+        no more than pieces of ``min_takeover`` fit in the file (a takeover cuts none smaller).
+        A small file gets one connection instead of many that would only start and stop."""
+        return max(1, min(limit, max(len(self.unfinished()), self.size // self.min_takeover)))
+
     @property
     def min_takeover(self) -> int:
         return max(1, self.min_segment // 4)

@@ -354,6 +354,8 @@ class PartFile:
         self.state_file = state_path(dest)
         self._fd: int | None = None
         self._created = False
+        # Created by our lock, no state file found beside it, nothing written since: empty, nothing to clear.
+        self._pristine = False
         self._saving = asyncio.Lock()  # one state write at a time: they share the temp file
         self.published = False  # the destination name is the file's: nothing of it is partial any more
 
@@ -401,11 +403,14 @@ class PartFile:
         try:
             fd = os.open(self.state_file, os.O_RDONLY | NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
+            self._pristine = self._created and self._fd is not None and os.fstat(self._fd).st_size == 0
             return None
         except OSError as exc:
+            self._pristine = False
             if exc.errno == errno.ELOOP:
                 raise StateError("the state file is a symbolic link") from None
             raise storage_error(exc, self.state_file) from None
+        self._pristine = False
         with os.fdopen(fd, "rb") as handle:
             if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
                 raise StateError("the state file is not a regular file")
@@ -418,6 +423,7 @@ class PartFile:
         """Flush the data, then atomically replace the state (the crash-safe order)."""
         assert self._fd is not None
         async with self._saving:
+            self._pristine = False
             try:
                 await _fsync(self._fd)
                 await _save_state(self.state_file, state.encode())
@@ -428,6 +434,8 @@ class PartFile:
     async def truncate(self) -> None:
         """Start over: no data, no state (the lock is kept)."""
         assert self._fd is not None
+        if self._pristine:
+            return  # nothing to clear: one thread hop per file saved
         try:
             await _truncate_part(self._fd, self.state_file)
         except OSError as exc:
@@ -440,6 +448,7 @@ class PartFile:
     async def write(self, offset: int, chunks: list[bytes]) -> None:
         assert self._fd is not None
         try:
+            self._pristine = False
             await _pwritev(self._fd, chunks, offset)
         except OSError as exc:
             raise storage_error(exc, self.part) from None
@@ -448,6 +457,7 @@ class PartFile:
         """Blocking write, for the last buffer of a connection being cancelled."""
         assert self._fd is not None
         try:
+            self._pristine = False
             _pwritev_all(self._fd, chunks, offset)
         except OSError as exc:
             raise storage_error(exc, self.part) from None

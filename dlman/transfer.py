@@ -442,7 +442,7 @@ class Transfer:
             if self._ranged() and self.plan is not None:
                 tasks.append(asyncio.create_task(self._worker(0, opening, first)))
                 tasks.extend(asyncio.create_task(self._worker(i, None, None))
-                             for i in range(1, self.connections))
+                             for i in range(1, self.plan.useful_connections(self.connections)))
             else:
                 assert opening is not None
                 tasks.append(asyncio.create_task(self._stream_whole(opening, first)))

@@ -5,7 +5,7 @@ start-up and imports are included. The runner's cost per job is measured in this
 an engine that finishes every download at once, for runs over lists of ids of growing length.
 No network: the URLs are never fetched. Run from the repository root:
 
-    python scripts/queue_scale.py --jobs 100000 --runs 1000 20000
+    python scripts/queue_scale.py --jobs 1000000 --runs 1000 20000
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -41,7 +42,7 @@ class InstantEngine:
         return DownloadResult(path=Path(dest), size=1, url=urls[0])
 
 
-def measure(argv: list[str], cwd: Path) -> tuple[float, float]:
+def measure(argv: list[str], cwd: Path, expect: int = 0) -> tuple[float, float]:
     """Wall seconds and peak RSS (MB) of one dlman process; its output is discarded."""
     began = time.monotonic()
     with open(os.devnull, "wb") as sink:
@@ -51,7 +52,7 @@ def measure(argv: list[str], cwd: Path) -> tuple[float, float]:
     took = time.monotonic() - began
     process.returncode = os.waitstatus_to_exitcode(status)
     errors = process.stderr.read().decode() if process.stderr else ""
-    if process.returncode != 0:
+    if process.returncode != expect:
         raise SystemExit(f"dlman {' '.join(argv)} exited {process.returncode}: {errors[-2000:]}")
     return took, usage.ru_maxrss / 1024
 
@@ -88,9 +89,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         manifest = root / "m.txt"
-        manifest.write_text("".join(f"http://127.0.0.1:9/f{i}\n" for i in range(args.jobs)))
+        with open(manifest, "w") as out:
+            out.writelines(f"http://127.0.0.1:9/f{i}\n  out=f{i}\n" for i in range(args.jobs))
+        bad = root / "bad.txt"
+        shutil.copyfile(manifest, bad)
+        with open(bad, "a") as out:
+            out.write("ftp://127.0.0.1:9/last\n")
         home = ["--home", str(root / "home")]
         print(f"| step ({args.jobs} jobs) | wall s | peak RSS MB |\n|---|--:|--:|")
+        took, rss = measure([*home, "add", "--later", "-d", "out", "-i", str(bad)], root, expect=2)
+        print(f"| add --later -i (last line bad: exit 2, nothing added) | {took:.2f} | {rss:.0f} |")
         for label, argv in [("add --later -i (new)", [*home, "add", "--later", "-d", "out", "-i", str(manifest)]),
                             ("add --later -i (again)", [*home, "add", "--later", "-d", "out", "-i", str(manifest)]),
                             ("list --json", [*home, "list", "--json"]),

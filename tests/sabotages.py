@@ -336,6 +336,38 @@ def _auth_delay() -> None:
     app.Throttle.failed = at_once
 
 
+def _live_owner() -> None:
+    import dataclasses
+
+    from dlman.queue import ownership
+    real = ownership.owner_gone
+
+    def by_heartbeat_only(owner, heartbeat, now, here, **options):  # type: ignore[no-untyped-def]
+        return real(dataclasses.replace(owner, host=owner.host + "-elsewhere"), heartbeat, now, here, **options)
+    ownership.owner_gone = by_heartbeat_only
+
+
+def _owned_not_claimable() -> None:
+    from dlman.queue import ownership
+    ownership.CLAIM_NEXT = ownership.CLAIM_NEXT.replace(" AND owner IS NULL", "")
+
+
+def _database_thread() -> None:
+    import asyncio
+    import functools
+
+    from dlman.queue.runner import Runner
+
+    async def default_executor(self, method, *args, **kwargs):  # type: ignore[no-untyped-def]
+        return await asyncio.get_running_loop().run_in_executor(None, functools.partial(method, *args, **kwargs))
+    Runner._db = default_executor
+
+
+def _stays_done() -> None:
+    from dlman.queue import store
+    store.stays_done = lambda total_bytes, old, new, size_on_disk: False
+
+
 E = "tests/test_engine.py::"
 N = "tests/test_never_wrong.py::"
 H = "tests/test_proof_hostile.py::"
@@ -445,6 +477,18 @@ CATALOGUE: tuple[Sabotage, ...] = (
              ("tests/test_server.py::test_cors_preflight_origins_and_hosts",)),
     Sabotage("auth-delay", "a refused token is answered late, one at a time", _auth_delay,
              ("tests/test_server.py::test_token_right_wrong_missing_and_in_multicall",)),
+    Sabotage("live-owner", "a live owner keeps its jobs however old its heartbeat", _live_owner,
+             ("tests/test_queue.py::test_live_owner_keeps_its_job_however_old_its_heartbeat",
+              "tests/test_cli_process.py::test_a_stopped_runner_keeps_its_job")),
+    Sabotage("owned-not-claimable", "a queued row still owned by a live runner is nobody else's",
+             _owned_not_claimable,
+             ("tests/test_queue.py::test_paused_then_resumed_row_stays_with_its_owner",
+              "tests/test_queue.py::test_adding_a_paused_owned_job_again_leaves_it_with_its_owner")),
+    Sabotage("database-thread", "the runner's database calls have a thread of their own", _database_thread,
+             ("tests/test_queue.py::test_heartbeats_do_not_wait_behind_busy_disk_threads",)),
+    Sabotage("stays-done", "a done job added again stays done while its file is whole", _stays_done,
+             ("tests/test_queue.py::test_done_job_with_its_file_stays_done_when_added_again",
+              "tests/test_cli_process.py::test_same_manifest_twice_downloads_nothing_even_without_a_size")),
 )
 
 

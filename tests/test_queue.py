@@ -25,6 +25,7 @@ from dlman.queue import ownership, store
 from dlman.queue.jobs import stays_done
 from dlman.queue.ownership import (Process, owner_gone, parse_start_time, stale_after, start_time,
                                    this_process)
+from dlman.queue import runner as runner_module
 from dlman.queue.runner import WINDOW
 from dlman.result import DownloadResult, Progress
 
@@ -492,6 +493,74 @@ def test_add_many_is_all_or_nothing(queue: Queue, tmp_path: Path) -> None:
     assert queue.get(kept.id).state == "paused" and queue.get(kept.id).options == {}
 
 
+def test_add_stream_writes_a_chunk_at_a_time_in_one_transaction(queue: Queue, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stream longer than a chunk: ids in the order asked, the same request asked in two chunks
+    is one job (the last ask wins), and nothing is visible to others before the end."""
+    monkeypatch.setattr(store, "CHUNK", 3)
+    seen_by_others = []
+
+    def jobs() -> Any:
+        for i in range(7):
+            if i == 5:
+                with Queue(queue.home) as other:
+                    seen_by_others.append(len(other.list()))
+            yield prepare(f"http://h/{i % 4}", tmp_path, output=f"f{i % 4}", connections=i + 1)
+
+    ids = queue.add_stream(jobs())
+    assert list(ids) == [1, 2, 3, 4, 1, 2, 3] and seen_by_others == [0]
+    assert [(j.id, j.options["connections"]) for j in queue.list()] == [(1, 5), (2, 6), (3, 7), (4, 4)]
+
+
+def test_add_stream_is_all_or_nothing(queue: Queue, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stream raises after several chunks were written (a bad line at the end of a manifest):
+    nothing of it stays, and what was in the queue before is untouched."""
+    monkeypatch.setattr(store, "CHUNK", 2)
+    kept = queue.add("http://h/0", tmp_path, output="f0")
+    queue.pause(kept.id)
+
+    def jobs() -> Any:
+        for i in range(6):
+            yield prepare(f"http://h/{i}", tmp_path, output=f"f{i}", connections=2)
+        raise InvalidInputError("m.txt:99: bad line")
+
+    with pytest.raises(InvalidInputError):
+        queue.add_stream(jobs())
+    assert [(j.id, j.state, j.options) for j in queue.list()] == [(kept.id, "paused", {})]
+    assert list(queue.add_stream(iter([prepare("http://h/9", tmp_path, output="f9")]))) == [kept.id + 1]  # not even an id was used
+
+
+def _dlman_peak(args: list[str], cwd: Path) -> tuple[int, bytes, float]:
+    """Exit status, standard output and peak RSS (MB) of one ``dlman`` process."""
+    with open(cwd / "stdout", "wb") as out:
+        process = subprocess.Popen([sys.executable, "-m", "dlman", *args], cwd=cwd, stdout=out,
+                                   stderr=subprocess.DEVNULL)
+        _, status, usage = os.wait4(process.pid, 0)
+    return os.waitstatus_to_exitcode(status), (cwd / "stdout").read_bytes(), usage.ru_maxrss / 1024
+
+
+@pytest.mark.slow
+def test_a_long_manifest_is_checked_and_added_in_flat_memory(tmp_path: Path) -> None:
+    """`add --later -i` of 200,000 entries: peak RSS stays far under 100 MB (it grew by about
+    1.6 KB per entry when the manifest was read whole, 330 MB here), the ids come out in order,
+    and the same manifest with a bad last line adds nothing at all (exit 2)."""
+    count = 200_000
+    manifest, bad = tmp_path / "m.txt", tmp_path / "bad.txt"
+    with open(manifest, "w") as out:
+        out.writelines(f"http://h/f{i}\n  out=f{i}\n" for i in range(count))
+    bad.write_bytes(manifest.read_bytes() + b"http://h/last\n  colour=red\n")
+    home = str(tmp_path / "home")
+    status, _, peak = _dlman_peak(["--home", home, "add", "--later", "-d", "dl", "-i", str(bad)], tmp_path)
+    assert status == 2 and peak < 100, peak
+    with Queue(home) as queue:
+        assert queue.list() == []
+    status, printed, peak = _dlman_peak(["--home", home, "add", "--later", "-d", "dl", "-i", str(manifest)], tmp_path)
+    assert status == 0 and peak < 100, peak
+    assert printed.split() == [str(i).encode() for i in range(1, count + 1)]
+    with Queue(home) as queue:
+        assert queue.get(count).dest == str(tmp_path / "dl" / f"f{count - 1}")
+
+
 # -- listing ----------------------------------------------------------------------------------------
 
 def test_iter_jobs_streams_page_by_page(queue: Queue, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -530,6 +599,8 @@ def test_claiming_reads_through_indexes(queue: Queue, sql: str, among: bool) -> 
     if "{among}" in sql:
         condition, params = ownership._among([1, 2, 3] if among else None)
         query = sql.format(among=condition)
+    if "LIMIT ?" in sql:
+        params = [*params, 4]
     steps = [step for step in plan(queue, query, *params) if "jobs" in step.split()]
     assert steps and all(step.startswith("SEARCH jobs USING") for step in steps), steps
 
@@ -602,9 +673,9 @@ class CountingQueue(Queue):
 
     handed: list[int] = []
 
-    def claim(self, owner: str, ids: Any = None) -> Any:
+    def exchange(self, owner: str, endings: Any, count: int, ids: Any = None) -> Any:
         self.handed.append(len(ids) if ids is not None else 0)
-        return super().claim(owner, ids)
+        return super().exchange(owner, endings, count, ids)
 
     def get_many(self, job_ids: Any) -> Any:
         job_ids = list(job_ids)
@@ -631,11 +702,13 @@ def test_a_claim_cut_short_by_cancel_gives_the_job_back(tmp_path: Path) -> None:
     entered, release, claimed = threading.Event(), threading.Event(), threading.Event()
 
     class SlowClaim(Queue):
-        def claim(self, owner: str, ids: Any = None) -> Any:
+        def exchange(self, owner: str, endings: Any, count: int, ids: Any = None) -> Any:
+            if not count:
+                return super().exchange(owner, endings, count, ids)
             entered.set()
             release.wait(10)
             try:
-                return super().claim(owner, ids)
+                return super().exchange(owner, endings, count, ids)
             finally:
                 claimed.set()
 
@@ -666,3 +739,52 @@ def test_a_freed_slot_is_filled_at_once(queue: Queue, tmp_path: Path) -> None:
     took = time.monotonic() - began
     assert len(outcomes) == 40 and {o.state for o in outcomes.values()} == {"done"}
     assert took < 10 * TICK, took
+
+
+class CountingStore(store.Store):
+    """Counts write transactions."""
+
+    transactions = 0
+
+    def transaction(self) -> Any:
+        CountingStore.transactions += 1
+        return super().transaction()
+
+
+def test_a_batch_of_jobs_costs_one_transaction(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settling the jobs that ended and claiming their successors is one transaction and one trip
+    to the database thread per batch, not two per job: with eight slots and instant downloads,
+    96 jobs take two dozen at most (waves of jobs ending while the last exchange was under way)."""
+    monkeypatch.setattr(queue_package, "Store", CountingStore)
+    trips: list[tuple[str, int]] = []
+    real_db = runner_module.Runner._db
+
+    async def counted(self: Any, method: Any, *args: Any, **kwargs: Any) -> Any:
+        trips.append((method.__name__, args[2] if method.__name__ == "exchange" else 0))
+        return await real_db(self, method, *args, **kwargs)
+
+    monkeypatch.setattr(runner_module.Runner, "_db", counted)
+    with Queue(tmp_path / "home") as queue:
+        queue.add_many([prepare(f"http://h/{i}", tmp_path, output=f"f{i}") for i in range(96)])
+        CountingStore.transactions = 0
+        outcomes = run(queue, jobs=8)
+    assert len(outcomes) == 96 and {o.state for o in outcomes.values()} == {"done"}
+    assert CountingStore.transactions <= 96 // 4 + 2, CountingStore.transactions  # two per job before
+    assert len(trips) <= 96 // 4 + 2, trips
+    assert ("exchange", 8) in trips  # every free slot claimed in one go
+
+
+def test_claim_many_takes_the_gone_owners_jobs_then_the_oldest(queue: Queue) -> None:
+    jobs = queue.add_many([prepare(f"http://h/{i}") for i in range(6)])
+    queue.claim("old-owner", ids=[jobs[4].id])
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])  # a pid that has just ended
+    gone.wait()
+    poke(queue, "UPDATE jobs SET owner_pid = ? WHERE id = ?", gone.pid, jobs[4].id)
+    with queue._store.transaction() as conn:
+        taken = ownership.claim_many(conn, "me", 3)
+    assert [job.id for job in taken] == [jobs[4].id, jobs[0].id, jobs[1].id]
+    assert {job.state for job in taken} == {"active"} and all(job.owner_pid == os.getpid() for job in taken)
+    with queue._store.transaction() as conn:
+        assert [job.id for job in ownership.claim_many(conn, "me", 5, ids=[jobs[3].id, jobs[1].id])] == [jobs[3].id]
+        assert [job.id for job in ownership.claim_many(conn, "me", 5)] == [jobs[2].id, jobs[5].id]
+        assert ownership.claim_many(conn, "me", 5) == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
@@ -356,3 +357,26 @@ def test_a_takeover_is_not_given_back_when_the_body_stops_short_or_bytes_arrived
 def test_written_is_the_complement_of_missing():
     plan = SegmentPlan(100, [(10, 20), (50, 100)], min_segment=1)
     assert plan.written() == [(0, 10), (20, 50)]
+
+
+@pytest.mark.parametrize("size, missing, limit, useful", [
+    (16 << 10, None, 8, 1),                       # a small file: one connection, not eight that stop at once
+    (256 << 10, None, 16, 1),                     # one piece of min_takeover
+    (4 << 20, None, 16, 16),                      # 1 MiB pieces, then 256 KiB takeovers
+    (2 << 20, None, 16, 8),
+    (64 << 20, None, 4, 4),                       # never more than asked
+    (100, [(0, 10), (20, 30), (40, 50)], 8, 3),   # a resume: one per missing range at least
+    (0, None, 8, 1),
+])
+def test_useful_connections(size, missing, limit, useful):
+    assert SegmentPlan(size, missing).useful_connections(limit) == useful
+
+
+@pytest.mark.parametrize("size", [1, 300 << 10, 700 << 10, 3 << 20, 5_000_001, 64 << 20])
+def test_useful_connections_never_leave_a_takeover_without_a_taker(size):
+    """However many pieces takeovers can cut, there is a connection for each of them."""
+    plan = SegmentPlan(size)
+    pieces = 0
+    while plan.next_work() is not None:
+        pieces += 1
+    assert pieces <= plan.useful_connections(1 << 30)

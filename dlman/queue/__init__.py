@@ -28,7 +28,7 @@ from dlman.errors import InvalidInputError
 from dlman.home import prepare_home, resolve_home
 from dlman.naming import PART_SUFFIX, STATE_SUFFIX
 from dlman.options import check_urls, redact
-from dlman.queue import ownership
+from dlman.queue import ownership, store
 from dlman.queue.jobs import (
     RESULT_KEYS,
     STATES,
@@ -37,13 +37,12 @@ from dlman.queue.jobs import (
     Outcome,
     partial_files,
     prepare,
-    size_on_disk,
-    stays_done,
 )
 from dlman.queue.ownership import HOST, STALE_AFTER, TICK
 from dlman.queue.store import Store
 
 if TYPE_CHECKING:
+    import sqlite3
     from http.cookiejar import CookieJar
 
     from dlman.queue.runner import Listener
@@ -136,6 +135,19 @@ def _check_engine_options(options: Mapping[str, Any]) -> dict[str, Any]:
     return dict(options)
 
 
+def _settle(conn: "sqlite3.Connection", owner: str, job_id: int, state: str | None,
+            fields: dict[str, Any]) -> tuple[str | None, list[Path]]:
+    """``ownership.settle``, keeping with a done job's options what its file was verified against."""
+    result = {key: fields.pop(key, None) for key in RESULT_KEYS}
+    if state == "done":
+        conn.execute("UPDATE jobs SET options = json_remove(options, '$.digest', '$.digest_source')"
+                     " WHERE id = ? AND owner = ?", (job_id, owner))
+        if result["digest"]:
+            conn.execute("UPDATE jobs SET options = json_set(options, '$.digest', ?, '$.digest_source', ?)"
+                         " WHERE id = ? AND owner = ?", (result["digest"], result["digest_source"], job_id, owner))
+    return ownership.settle(conn, owner, job_id, state, fields)
+
+
 def _unlink(paths: Iterable[Path]) -> None:
     """Delete jobs' partial data, never while a transfer owns it (its ``NAME.part`` is locked)."""
     from dlman.storage import remove_partial
@@ -147,11 +159,6 @@ def _unlink(paths: Iterable[Path]) -> None:
                 log.warning("kept the partial data of %s: a transfer is writing it", dest)
         except OSError as error:
             log.warning("could not delete the partial data of %s: %s", dest, error.strerror or error)
-
-
-# The newest job for each request in a JSON array, found through the index on request.
-_ASKED_BEFORE = ("SELECT jobs.* FROM json_each(?) AS asked JOIN jobs ON jobs.id ="
-                 " (SELECT max(id) FROM jobs WHERE request = asked.value AND cancel IS NULL)")
 
 
 def _json_ids(ids: Iterable[int]) -> str:
@@ -192,45 +199,13 @@ class Queue:
         other goes back to ``queued`` with the new URLs and options. So adding a
         manifest twice neither duplicates rows nor downloads anything again.
         """
-        asked = [new.request for new in new_jobs]
-        last = dict(zip(asked, new_jobs))  # per distinct request, the last one asked wins
-        if not last:
-            return []
-        now = time.time()
-        jobs: dict[str, Job] = {}
         with self._store.transaction() as conn:
-            requeue = []
-            for row in conn.execute(_ASKED_BEFORE, (json.dumps(list(last)),)):
-                request, state = row["request"], row["state"]
-                new = last[request]
-                if state == "active" or (state == "done" and stays_done(
-                        row["total_bytes"], json.loads(row["options"]), new.options, size_on_disk(row["dest"]))):
-                    jobs[request] = Job.from_row(row)
-                    continue
-                urls, options = json.dumps(list(new.urls)), json.dumps(new.options)
-                bytes_done = 0 if state == "done" else row["bytes_done"]
-                updated = row["updated"]
-                if (state, row["urls"], row["options"], row["error"], row["bytes_done"]) != (
-                        "queued", urls, options, None, bytes_done):
-                    requeue.append((urls, options, bytes_done, now, row["id"]))
-                    updated = now
-                jobs[request] = Job(row["id"], new.urls, row["dest"], bool(row["dest_is_dir"]), row["output"],
-                                    new.options, "queued", bytes_done, row["total_bytes"], None, row["owner_pid"],
-                                    row["created"], updated)
-            conn.executemany("UPDATE jobs SET state = 'queued', urls = ?, options = ?, bytes_done = ?, error = NULL,"
-                             " updated = ? WHERE id = ?", requeue)
-            fresh = [(request, new) for request, new in last.items() if request not in jobs]
-            newest = conn.execute("SELECT coalesce(max(id), 0) FROM jobs").fetchone()[0]
-            conn.executemany(
-                "INSERT INTO jobs (urls, dest, dest_is_dir, output, request, options, state, created, updated)"
-                " VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
-                ((json.dumps(list(new.urls)), new.dest, int(new.dest_is_dir), new.output, request,
-                  json.dumps(new.options), now, now) for request, new in fresh))
-            for job_id, request in conn.execute("SELECT id, request FROM jobs WHERE id > ?", (newest,)):
-                new = last[request]
-                jobs[request] = Job(job_id, new.urls, new.dest, new.dest_is_dir, new.output, new.options, "queued",
-                                    0, None, None, None, now, now)
-        return [jobs[request] for request in asked]
+            return store.insert_jobs(conn, new_jobs)
+
+    def add_stream(self, new_jobs: Iterable[NewJob]) -> Sequence[int]:
+        """``add_many`` for a stream of jobs too long to hold (a manifest read as it is checked):
+        one transaction, rolled back if the stream raises; returns the ids in order."""
+        return store.add_stream(self._store, new_jobs)
 
     # -- reading --------------------------------------------------------------------------
 
@@ -395,18 +370,22 @@ class Queue:
         A done job keeps what its file was verified against (``digest``, ``digest_source``)
         with its options, for ``list --json`` and ``show``.
         """
-        result = {key: fields.pop(key, None) for key in RESULT_KEYS}
+        return self.exchange(owner, [(job_id, state, fields)], 0)[0][0]
+
+    def exchange(self, owner: str, endings: Sequence[tuple[int, str | None, Mapping[str, Any]]], count: int,
+                 ids: Sequence[int] | None = None) -> tuple[list[str | None], list[Job]]:
+        """``settle`` each of ``endings`` (id, state, fields), then claim up to ``count`` jobs, in one
+        transaction: a runner's traffic with the database costs one round trip however many jobs end."""
+        doomed: list[Path] = []
         with self._store.transaction() as conn:
-            if state == "done":
-                conn.execute("UPDATE jobs SET options = json_remove(options, '$.digest', '$.digest_source')"
-                             " WHERE id = ? AND owner = ?", (job_id, owner))
-                if result["digest"]:
-                    conn.execute("UPDATE jobs SET options = json_set(options, '$.digest', ?, '$.digest_source', ?)"
-                                 " WHERE id = ? AND owner = ?", (result["digest"], result["digest_source"], job_id,
-                                                                  owner))
-            after, doomed = ownership.settle(conn, owner, job_id, state, fields)
+            afters = []
+            for job_id, state, fields in endings:
+                after, gone = _settle(conn, owner, job_id, state, dict(fields))
+                afters.append(after)
+                doomed += gone
+            jobs = ownership.claim_many(conn, owner, count, ids) if count > 0 else []
         _unlink(doomed)
-        return after
+        return afters, jobs
 
     # -- running ----------------------------------------------------------------------------
 

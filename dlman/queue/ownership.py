@@ -168,9 +168,9 @@ def _among(ids: Sequence[int] | None) -> tuple[str, list[Any]]:
     return " AND id IN (SELECT value FROM json_each(?))", [json.dumps(list(ids))]
 
 
-# The next job nobody owns: the oldest queued row, found through the index on (state, id).
+# The next jobs nobody owns: the oldest queued rows, found through the index on (state, id).
 CLAIM_NEXT = ("SELECT id FROM jobs WHERE state = 'queued' AND owner IS NULL AND cancel IS NULL{among}"
-              " ORDER BY id LIMIT 1")
+              " ORDER BY id LIMIT ?")
 # Owned rows, found through their own index: few (the jobs being downloaded), however long the queue.
 # (No ORDER BY: sorting in SQL would tempt the planner into reading the table in id order.)
 OWNED = "SELECT id, state, " + OWNER_COLUMNS + " FROM jobs WHERE owner IS NOT NULL AND cancel IS NULL{among}"
@@ -178,26 +178,35 @@ OWNED = "SELECT id, state, " + OWNER_COLUMNS + " FROM jobs WHERE owner IS NOT NU
 
 def claim(conn: sqlite3.Connection, owner: str, ids: Sequence[int] | None = None) -> Job | None:
     """Take the oldest claimable job (among ``ids``, if given) for ``owner``; inside a transaction."""
+    jobs = claim_many(conn, owner, 1, ids)
+    return jobs[0] if jobs else None
+
+
+def claim_many(conn: sqlite3.Connection, owner: str, count: int, ids: Sequence[int] | None = None) -> list[Job]:
+    """Take up to ``count`` claimable jobs (among ``ids``, if given) for ``owner``, in one go:
+    first those whose owner is gone, then the oldest unowned queued ones. Inside a transaction."""
     among, params = _among(ids)
     judge = _Judge()
-    job_id = None
+    chosen: list[int] = []
     for row in sorted(conn.execute(OWNED.format(among=among), params), key=lambda row: row["id"]):
+        if len(chosen) == count:
+            break
         if row["state"] in ("active", "queued") and row["owner"] != owner and judge.gone(row):
             log.info("taking over job %d from a process that is gone", row["id"])
-            job_id = row["id"]
-            break
-    if job_id is None:
-        row = conn.execute(CLAIM_NEXT.format(among=among), params).fetchone()
-        if row is None:
-            return None
-        job_id = row["id"]
+            chosen.append(row["id"])
+    if len(chosen) < count:
+        chosen += [row["id"] for row in conn.execute(CLAIM_NEXT.format(among=among),
+                                                      [*params, count - len(chosen)])]
+    if not chosen:
+        return []
     me = judge.here
-    conn.execute(
+    conn.executemany(
         "UPDATE jobs SET state = 'active', owner = ?, owner_host = ?, owner_space = ?, owner_pid = ?,"
         " owner_start = ?, heartbeat = ?, error = NULL, updated = ? WHERE id = ?",
-        (owner, me.host, me.space, me.pid, me.start, judge.now, judge.now, job_id),
-    )
-    return Job.from_row(conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
+        [(owner, me.host, me.space, me.pid, me.start, judge.now, judge.now, job_id) for job_id in chosen])
+    rows = {row["id"]: row for row in conn.execute("SELECT * FROM jobs WHERE id IN (SELECT value FROM json_each(?))",
+                                                   (json.dumps(chosen),))}
+    return [Job.from_row(rows[job_id]) for job_id in chosen]
 
 
 Report = tuple[int, int | None, str | None]  # bytes done, total, file path once known

@@ -62,11 +62,15 @@ class Wanted:
         """Take the next ids to offer a claim; hand back what it did not take with ``offered``."""
         return [self.untried.popleft() for _ in range(min(WINDOW, len(self.untried)))]
 
-    def offered(self, window: Sequence[int], claimed: int | None) -> None:
-        if claimed is None:
-            self.waiting.update(dict.fromkeys(window))
+    def offered(self, window: Sequence[int], claimed: Sequence[int], asked: int) -> None:
+        """A claim for ``asked`` jobs among ``window`` took ``claimed``: if it took fewer, none of
+        the rest was claimable (they wait); else the rest is offered first to the next claim."""
+        taken = set(claimed)
+        rest = [i for i in window if i not in taken]
+        if len(claimed) < asked:
+            self.waiting.update(dict.fromkeys(rest))
         else:
-            self.untried.extendleft(reversed([i for i in window if i != claimed]))
+            self.untried.extendleft(reversed(rest))
 
     def wait_for(self, job_id: int) -> None:
         """A job we held but lost to another owner: its end is watched like any other's."""
@@ -103,6 +107,7 @@ class Runner:
         self.outcomes: dict[int, Outcome] = {}
         self.engines: dict[tuple[Any, ...], Any] = {}
         self.engine_lock = asyncio.Lock()
+        self.made: dict[str, asyncio.Future[None]] = {}  # directories this run creates (or found)
         self.database = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dlman-queue")
         self.stack = AsyncExitStack()
 
@@ -127,17 +132,19 @@ class Runner:
     async def _loop(self) -> None:
         # Heartbeats and watching other processes' jobs run once per TICK, not on every
         # finished download: with many small files that would be a database call per file.
+        # Finished jobs are settled and their slots filled in one transaction (``_exchange``).
         last_tick = -TICK
+        finished: list[_Active] = []
         while True:
-            exhausted = await self._fill()
+            exhausted = await self._exchange(finished)
             now = time.monotonic()
             if now - last_tick >= TICK:
                 last_tick = now
                 await self._tick()
                 await self._watch_others()
-            for entry in [a for a in self.active.values() if a.task is not None and a.task.done()]:
-                if await self._settle(entry):
-                    exhausted = False
+            finished = [a for a in self.active.values() if a.task is not None and a.task.done()]
+            if finished:
+                continue  # settle them and fill their slots at once
             if not self.active and exhausted and not self.wanted:
                 return
             if not exhausted and len(self.active) < self.jobs:
@@ -148,41 +155,61 @@ class Runner:
             else:
                 await asyncio.sleep(TICK)
 
-    async def _fill(self) -> bool:
-        """Claim jobs until every slot is busy; True when nothing more could be claimed."""
-        while len(self.active) < self.jobs:
-            if self.wanted is None:
-                job = await self._claim(None)
-                if job is None:
-                    return True
-            else:
+    async def _exchange(self, finished: Sequence[_Active], *, claim: bool = True) -> bool:
+        """Settle ``finished`` jobs and claim one for every free slot, in one transaction (more only
+        when a window of ids runs dry); True when nothing more could be claimed."""
+        settling = []
+        for entry in finished:
+            del self.active[entry.job.id]
+            ending = self._ending(entry)
+            if ending is not None:
+                settling.append((entry, ending))
+        exhausted = requeued = False
+        while True:
+            free = self.jobs - len(self.active) if claim else 0
+            window = None
+            if free > 0 and self.wanted is not None:
                 window = self.wanted.window()
                 if not window:
-                    return True
-                job = await self._claim(window)
-                self.wanted.offered(window, None if job is None else job.id)
-                if job is None:
-                    continue
-            self._start(job)
-        return False
+                    exhausted, free = True, 0
+            if free <= 0 and not settling:
+                return exhausted and not requeued
+            afters, jobs = await self._traffic(settling, free, window)
+            for (entry, ending), after in zip(settling, afters):
+                requeued |= self._settled(entry, ending, after)
+            settling = []
+            if window is not None:
+                assert self.wanted is not None
+                self.wanted.offered(window, [job.id for job in jobs], free)
+            for job in jobs:
+                self._start(job)
+            if free <= 0:
+                return exhausted and not requeued
+            if self.wanted is None and len(jobs) < free:
+                return not requeued  # the queue has nothing more for us
 
-    async def _claim(self, ids: Sequence[int] | None) -> Job | None:
-        """Claim a job; if cancelled meanwhile, give back what the claim took.
+    async def _traffic(self, settling: Sequence[tuple[_Active, "_Ending"]], count: int,
+                       window: Sequence[int] | None) -> tuple[list[str | None], list[Job]]:
+        """One ``Queue.exchange``; if cancelled meanwhile, finish its work and give back what it claimed.
 
-        The claim goes on in the database thread whatever happens here, and a job
+        The call goes on in the database thread whatever happens here, and a job
         claimed by a live process is nobody else's: forgetting it would strand it.
         """
-        claiming = asyncio.ensure_future(self._db(self.queue.claim, self.owner, ids))
+        endings = [(entry.job.id, state, fields) for entry, (state, fields) in settling]
+        call = asyncio.ensure_future(self._db(self.queue.exchange, self.owner, endings, count, window))
         try:
-            return await asyncio.shield(claiming)
+            return await asyncio.shield(call)
         except asyncio.CancelledError:
-            await _uninterrupted(self._give_back(claiming))
+            await _uninterrupted(self._give_back(call, settling))
             raise
 
-    async def _give_back(self, claiming: "asyncio.Future[Job | None]") -> None:
-        job = await claiming
-        if job is not None:
-            await self._db(self.queue.settle, self.owner, job.id, "queued")
+    async def _give_back(self, call: "asyncio.Future[tuple[list[str | None], list[Job]]]",
+                         settling: Sequence[tuple[_Active, "_Ending"]]) -> None:
+        afters, jobs = await call
+        for (entry, ending), after in zip(settling, afters):
+            self._settled(entry, ending, after)
+        if jobs:
+            await self._db(self.queue.exchange, self.owner, [(job.id, "queued", {}) for job in jobs], 0)
 
     def _start(self, job: Job) -> None:
         entry = _Active(job)
@@ -204,9 +231,16 @@ class Runner:
     async def _download(self, entry: _Active) -> "DownloadResult":
         job = entry.job
         directory = job.dest if job.dest_is_dir else os.path.dirname(job.dest)
+        # Thousands of files into one directory make one thread hop, which the first jobs share.
+        making = self.made.get(directory)
+        if making is None:
+            making = self.made[directory] = asyncio.ensure_future(
+                asyncio.to_thread(os.makedirs, directory, exist_ok=True))
         try:
-            await asyncio.to_thread(os.makedirs, directory, exist_ok=True)
+            await asyncio.shield(making)  # one job cancelled must not cancel it for the others
         except OSError as error:
+            if self.made.get(directory) is making:
+                del self.made[directory]  # the next job tries again
             raise DownloadError(
                 f"cannot create directory {directory}: {error.strerror or error}", url=job.url, path=directory
             ) from None
@@ -268,11 +302,10 @@ class Runner:
         if self.listener:
             self.listener.ended(outcome)
 
-    async def _settle(self, entry: _Active) -> bool:
-        """Write how a finished task ended and release its job; True if it went back to the queue."""
+    def _ending(self, entry: _Active) -> "_Ending | None":
+        """What to write for a finished task: its state and fields (None: the row is no longer ours)."""
         job, task = entry.job, entry.task
         assert task is not None
-        del self.active[job.id]
         progress = entry.progress
         fields: dict[str, Any] = {"bytes_done": progress.downloaded if progress else job.bytes_done,
                                   "total_bytes": progress.total if progress else job.total_bytes}
@@ -283,9 +316,28 @@ class Runner:
             if reason == "lost":
                 if self.wanted is not None:
                     self.wanted.wait_for(job.id)
-                return False
-            state = "queued" if reason == "shutdown" else None
-            after = await self._db(self.queue.settle, self.owner, job.id, state, **fields)
+                return None
+            return ("queued" if reason == "shutdown" else None), fields
+        error = task.exception()
+        if error is None:
+            result = task.result()
+            fields.update(dest=str(result.path), dest_is_dir=0, bytes_done=result.size, total_bytes=result.size,
+                          error=None, digest=result.checksum, digest_source=result.checksum_source)
+            return "done", fields
+        if isinstance(error, DownloadError):
+            fields["error"] = redact(str(error))
+        else:
+            log.error("job %d: unexpected error", job.id, exc_info=error)
+            fields["error"] = redact(f"internal error: {type(error).__name__}: {error}")
+        return "failed", fields
+
+    def _settled(self, entry: _Active, ending: "_Ending", after: str | None) -> bool:
+        """Report how a settled job ended; True if it went back to the queue (ours to claim again)."""
+        job, task = entry.job, entry.task
+        assert task is not None
+        state, fields = ending
+        if task.cancelled():
+            reason = entry.stop or "shutdown"
             if reason == "pause" and after == "queued":
                 # Resumed before the stop was over: the job is anyone's again, ours included.
                 if self.wanted is not None:
@@ -296,24 +348,12 @@ class Runner:
             else:
                 named = "paused" if reason == "pause" and after == "paused" else "removed"
             self._ended(Outcome(job.id, named, job.url, path=fields.get("dest")))
-            return False
-        error = task.exception()
-        if error is None:
+        elif state == "done":
             result = task.result()
-            fields.update(dest=str(result.path), dest_is_dir=0, bytes_done=result.size, total_bytes=result.size,
-                          error=None, digest=result.checksum, digest_source=result.checksum_source)
-            await self._db(self.queue.settle, self.owner, job.id, "done", **fields)
             self._ended(Outcome(job.id, "done", job.url, path=str(result.path), size=result.size,
                                 skipped=result.skipped, digest=result.checksum, digest_source=result.checksum_source))
-            return False
-        if isinstance(error, DownloadError):
-            message = redact(str(error))
         else:
-            log.error("job %d: unexpected error", job.id, exc_info=error)
-            message = redact(f"internal error: {type(error).__name__}: {error}")
-        fields["error"] = message
-        await self._db(self.queue.settle, self.owner, job.id, "failed", **fields)
-        self._ended(Outcome(job.id, "failed", job.url, path=fields.get("dest"), error=message))
+            self._ended(Outcome(job.id, "failed", job.url, path=fields.get("dest"), error=fields["error"]))
         return False
 
     async def _shutdown(self) -> None:
@@ -325,8 +365,10 @@ class Runner:
         tasks = [a.task for a in self.active.values() if a.task is not None]
         if tasks:
             await asyncio.wait(tasks)
-        for entry in list(self.active.values()):
-            await self._settle(entry)
+        await self._exchange(list(self.active.values()), claim=False)
+
+
+_Ending = tuple[str | None, dict[str, Any]]  # the state a settle writes, and its fields
 
 
 async def _uninterrupted(coroutine: Any) -> None:

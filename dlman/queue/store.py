@@ -8,13 +8,20 @@ reaches the user. Threads of one process share the connection under a lock.
 
 from __future__ import annotations
 
+import itertools
+import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from array import array
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii
 from pathlib import Path
 from typing import Any, TypeVar
+
+from dlman.queue.jobs import Job, NewJob, size_on_disk, stays_done
 
 T = TypeVar("T")
 
@@ -58,6 +65,8 @@ MIGRATIONS: tuple[str, ...] = (
     """,
 )
 VERSION = len(MIGRATIONS)
+
+CHUNK = 2000  # requests looked up and inserted together by ``add_stream``: memory stays flat
 
 
 def _statements(script: str) -> list[str]:
@@ -129,3 +138,106 @@ def migrate(conn: sqlite3.Connection) -> None:
         for statement in _statements(script):
             conn.execute(statement)
         conn.execute(f"PRAGMA user_version = {number}")
+
+
+def _json_strings(strings: Iterable[str]) -> str:
+    """``json.dumps(list(strings))``, character for character, at a fraction of its cost per row."""
+    return "[" + ", ".join(map(encode_basestring_ascii, strings)) + "]"
+
+
+def _json_options(options: Any) -> str:
+    return json.dumps(options) if options else "{}"
+
+
+# The newest job for each request in a JSON array, found through the index on request.
+_ASKED_BEFORE = ("SELECT jobs.* FROM json_each(?) AS asked JOIN jobs ON jobs.id ="
+                 " (SELECT max(id) FROM jobs WHERE request = asked.value AND cancel IS NULL)")
+
+
+@dataclass
+class _Added:
+    """What one ``_upsert`` did: the requests as asked, and the job now answering each."""
+
+    asked: list[str]
+    last: dict[str, NewJob]   # per distinct request, the last one asked (it wins)
+    kept: dict[str, Job]      # requests that found a job already there (reused or left alone)
+    fresh: dict[str, int]     # requests that got a new row: its id
+    now: float
+
+
+def _upsert(conn: sqlite3.Connection, new_jobs: Sequence[NewJob]) -> _Added:
+    asked = [new.request for new in new_jobs]
+    added = _Added(asked, dict(zip(asked, new_jobs)), {}, {}, time.time())
+    if not added.last:
+        return added
+    now, last, kept = added.now, added.last, added.kept
+    requeue = []
+    for row in conn.execute(_ASKED_BEFORE, (_json_strings(last),)):
+        request, state = row["request"], row["state"]
+        new = last[request]
+        if state == "active" or (state == "done" and stays_done(
+                row["total_bytes"], json.loads(row["options"]), new.options, size_on_disk(row["dest"]))):
+            kept[request] = Job.from_row(row)
+            continue
+        urls, options = _json_strings(new.urls), _json_options(new.options)
+        bytes_done = 0 if state == "done" else row["bytes_done"]
+        updated = row["updated"]
+        if (state, row["urls"], row["options"], row["error"], row["bytes_done"]) != (
+                "queued", urls, options, None, bytes_done):
+            requeue.append((urls, options, bytes_done, now, row["id"]))
+            updated = now
+        kept[request] = Job(row["id"], new.urls, row["dest"], bool(row["dest_is_dir"]), row["output"],
+                            new.options, "queued", bytes_done, row["total_bytes"], None, row["owner_pid"],
+                            row["created"], updated)
+    conn.executemany("UPDATE jobs SET state = 'queued', urls = ?, options = ?, bytes_done = ?, error = NULL,"
+                     " updated = ? WHERE id = ?", requeue)
+    fresh = [request for request in last if request not in kept]
+    newest = conn.execute("SELECT coalesce(max(id), 0) FROM jobs").fetchone()[0]
+    conn.executemany(
+        "INSERT INTO jobs (urls, dest, dest_is_dir, output, request, options, state, created, updated)"
+        " VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
+        ((_json_strings(new.urls), new.dest, int(new.dest_is_dir), new.output, request,
+          _json_options(new.options), now, now) for request, new in ((r, last[r]) for r in fresh)))
+    # Inside our transaction the new rows are exactly those past the old largest id, in the order inserted.
+    new_ids = [row[0] for row in conn.execute("SELECT id FROM jobs WHERE id > ? ORDER BY id", (newest,))]
+    assert len(new_ids) == len(fresh)
+    added.fresh.update(zip(fresh, new_ids))
+    return added
+
+
+def insert_jobs(conn: sqlite3.Connection, new_jobs: Sequence[NewJob]) -> list[Job]:
+    """Enqueue validated jobs inside the caller's transaction; one Job per entry, in order.
+
+    A request for the same first URL and destination as an existing job reuses that
+    job instead of adding a duplicate: an active one is left to its owner; a done one
+    whose file is still whole stays done (see ``jobs.stays_done``); any other goes
+    back to ``queued`` with the new URLs and options. Of the same request asked twice,
+    the last one wins.
+    """
+    added = _upsert(conn, new_jobs)
+    for request, job_id in added.fresh.items():
+        new = added.last[request]
+        added.kept[request] = Job(job_id, new.urls, new.dest, new.dest_is_dir, new.output, new.options, "queued",
+                                  0, None, None, None, added.now, added.now)
+    return [added.kept[request] for request in added.asked]
+
+
+def _insert_ids(conn: sqlite3.Connection, new_jobs: Sequence[NewJob]) -> list[int]:
+    """``insert_jobs``, answering with ids only."""
+    added = _upsert(conn, new_jobs)
+    return [added.fresh[r] if r in added.fresh else added.kept[r].id for r in added.asked]
+
+
+def add_stream(store: Store, new_jobs: Iterable[NewJob]) -> array[int]:
+    """Enqueue jobs as they come, in one transaction: all of them, or none if the iterable raises.
+
+    ``new_jobs`` may be a generator checking a manifest as it reads it (``manifest.iter_manifest``):
+    its error rolls everything back. Only a chunk of requests is in memory at a time; the ids
+    come back in order, eight bytes each.
+    """
+    ids: array[int] = array("q")
+    source = iter(new_jobs)
+    with store.transaction() as conn:
+        while chunk := list(itertools.islice(source, CHUNK)):
+            ids.extend(_insert_ids(conn, chunk))
+    return ids
