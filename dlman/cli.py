@@ -43,7 +43,7 @@ class Failure(click.ClickException):
 
     def __init__(self, message: str, exit_code: int = EXIT_USAGE, *, raw: bool = False) -> None:
         super().__init__(message if raw else f"dlman: {message}")
-        self.exit_code = exit_code
+        self.exit_code = exit_code  # type: ignore[misc]  # click declares it on the class; ours is per error
 
     def show(self, file: Any = None) -> None:
         click.echo(self.message, err=True)
@@ -166,7 +166,7 @@ def _hook(text: str) -> str:
     return text
 
 
-class _HeaderType(click.ParamType):
+class _HeaderType(click.ParamType):  # type: ignore[type-arg, unused-ignore]  # generic from click 8.2
     """``Name: value``; in ``DLMAN_HEADER`` one header per line (values hold spaces)."""
 
     name = "header"

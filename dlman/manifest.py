@@ -133,7 +133,8 @@ class TargetIndex:
         try:
             self._db.execute("INSERT INTO targets VALUES (?, ?)", (target, line))
         except sqlite3.IntegrityError:
-            return self._db.execute("SELECT line FROM targets WHERE target = ?", (target,)).fetchone()[0]
+            earlier: int = self._db.execute("SELECT line FROM targets WHERE target = ?", (target,)).fetchone()[0]
+            return earlier
         return None
 
     def close(self) -> None:

@@ -100,7 +100,7 @@ def _bar_class() -> Any:
     if _Bar is None:
         from tqdm import tqdm
 
-        class Bar(tqdm):  # type: ignore[misc]
+        class Bar(tqdm):  # type: ignore[misc, type-arg, unused-ignore]
             """A tqdm bar in IEC units: tqdm's ``unit_scale`` prints ``M`` and ``MB/s`` even for 1024 multiples."""
 
             @property
@@ -131,20 +131,21 @@ class BarDisplay(LineDisplay):
 
     def __init__(self, stream: TextIO | None = None) -> None:
         super().__init__(stream)
-        self.bars: dict[int, tqdm] = {}
+        self.bars: dict[int, tqdm[Any]] = {}
         self.seen: dict[int, tuple[int, int | None]] = {}  # id -> (downloaded, total)
-        self.total_bar: tqdm | None = None
+        self.total_bar: tqdm[Any] | None = None
         self.drawn = False  # whether a bar was ever shown, so parking has something to tidy
 
     def write(self, line: str) -> None:
         _bar_class().write(line, file=self.stream)
 
-    def _new_bar(self, desc: str, total: int | None, initial: int) -> tqdm:
+    def _new_bar(self, desc: str, total: int | None, initial: int) -> tqdm[Any]:
         self.drawn = True
-        return _bar_class()(total=total, initial=initial, desc=desc, unit="B", file=self.stream, leave=False,
-                            dynamic_ncols=True)
+        bar: tqdm[Any] = _bar_class()(total=total, initial=initial, desc=desc, unit="B", file=self.stream,
+                                      leave=False, dynamic_ncols=True)
+        return bar
 
-    def _bar(self, job: "Job", progress: "Progress") -> tqdm:
+    def _bar(self, job: "Job", progress: "Progress") -> tqdm[Any]:
         bar = self.bars.get(job.id)
         if bar is None:
             name = progress.path.name if progress.path else mask_url(job.url).rsplit("/", 1)[-1]

@@ -25,8 +25,9 @@ import logging
 import os
 import stat
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeVar, Union
 
 import aiofiles.os
 
@@ -53,11 +54,15 @@ def storage_error(exc: OSError, path: Path) -> StorageError:
     return StorageError(f"cannot write {path}: {why}", path=str(path))
 
 
+#: What a positioned write takes: the receiver's buffer views as well as plain bytes.
+Chunks = Sequence[Union[bytes, bytearray, memoryview]]
+
+
 class _Busy(Exception):
     pass
 
 
-def _pwritev_all(fd: int, chunks: list[bytes], offset: int) -> None:
+def _pwritev_all(fd: int, chunks: Chunks, offset: int) -> None:
     """Write every byte of ``chunks`` at ``offset`` (pwritev may write less than asked)."""
     views = [memoryview(c) for c in chunks]
     while views:
@@ -445,7 +450,7 @@ class PartFile:
         assert self._fd is not None
         return os.fstat(self._fd).st_size
 
-    async def write(self, offset: int, chunks: list[bytes]) -> None:
+    async def write(self, offset: int, chunks: Chunks) -> None:
         assert self._fd is not None
         try:
             self._pristine = False
@@ -453,7 +458,7 @@ class PartFile:
         except OSError as exc:
             raise storage_error(exc, self.part) from None
 
-    def write_now(self, offset: int, chunks: list[bytes]) -> None:
+    def write_now(self, offset: int, chunks: Chunks) -> None:
         """Blocking write, for the last buffer of a connection being cancelled."""
         assert self._fd is not None
         try:

@@ -59,7 +59,7 @@ except ImportError:  # pragma: no cover - another h11: bodies are only iterated
     _ContentLengthReader = _ReceiveBuffer = None  # type: ignore[assignment,misc]
 
 try:
-    import sniffio  # noqa: F401  (httpcore asks for it on every request)
+    import sniffio  # type: ignore[import-not-found, unused-ignore]  # noqa: F401  (httpcore asks for it on every request)
 except ImportError:
     # httpcore imports sniffio inside each pool operation; when it is absent, every
     # attempt searches sys.path again (measured: ~7 failed imports, ~1 ms per request).
@@ -451,8 +451,8 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
         if tls_transport is None:  # pragma: no cover - the peer closed mid-handshake
             await self._abandon_handshake()
             raise httpcore.ConnectError("connection closed during the TLS handshake")
-        self._protocol.transport = tls_transport  # type: ignore[assignment]
-        self._transport = tls_transport  # type: ignore[assignment]
+        self._protocol.transport = tls_transport
+        self._transport = tls_transport
         self._tls = True
         return self
 
@@ -577,9 +577,9 @@ class CancellingHTTP2Connection(httpcore.AsyncHTTP2Connection):
             size = event.flow_controlled_length or 0
             queue = self._events[stream_id]
             while queue and isinstance(queue[0], h2.events.DataReceived):
-                event = queue.pop(0)
-                chunks.append(event.data)
-                size += event.flow_controlled_length or 0
+                more = typing.cast(h2.events.DataReceived, queue.pop(0))
+                chunks.append(more.data)
+                size += more.flow_controlled_length or 0
             self._release(stream_id, size)
             await self._write_outgoing_data(request)
             yield chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -637,7 +637,7 @@ class BodyReader:
 
     def __init__(self, h11_state: h11.Connection, stream: AsyncioStream, timeout: float | None) -> None:
         self._h11 = h11_state
-        self._reader = h11_state._reader  # this response's; the connection may serve others later
+        self._reader: typing.Any = h11_state._reader  # this response's (h11's ContentLengthReader); the connection may serve others later
         self._stream = stream
         self._timeout = timeout
 
@@ -646,7 +646,7 @@ class BodyReader:
         """Body bytes not read yet (0 once this body is no longer being received)."""
         if self._h11._reader is not self._reader or self._h11.their_state is not h11.SEND_BODY:
             return 0
-        return self._reader._remaining
+        return int(typing.cast(typing.Any, self._reader)._remaining)  # `is` above narrowed its type
 
     async def readinto(self, view: memoryview) -> int:
         """Read at most ``len(view)`` body bytes into ``view``: how many; 0 as said above.
@@ -660,7 +660,7 @@ class BodyReader:
             view = view[:remaining]
         buffered = self._h11._receive_buffer
         if buffered:  # bytes that arrived with the head: once per response, at most 64 KiB
-            data = buffered.maybe_extract_at_most(len(view))
+            data = buffered.maybe_extract_at_most(len(view)) or b""
             count = len(data)
             view[:count] = data
         else:
@@ -821,7 +821,7 @@ def cancelling_http2_available() -> bool:
         if not all(checks) or not connection_internals_available():
             return False
         origin = httpcore.Origin(b"https", b"example.invalid", 443)
-        probe = CancellingHTTP2Connection(origin=origin, stream=None)  # type: ignore[arg-type]
+        probe = CancellingHTTP2Connection(origin=origin, stream=None)
         state = getattr(probe, "_h2_state", None)
         return (
             isinstance(getattr(probe, "_events", None), dict)
@@ -842,7 +842,7 @@ def fast_body_available() -> bool:
         reader = _ContentLengthReader(10)
         buffer = _ReceiveBuffer()
         buffer += b"0123456789"
-        if reader._remaining != 10 or bytes(buffer.maybe_extract_at_most(4)) != b"0123":
+        if reader._remaining != 10 or bytes(buffer.maybe_extract_at_most(4) or b"") != b"0123":
             return False
         origin = httpcore.Origin(b"http", b"example.invalid", 80)
         probe = httpcore.AsyncHTTP11Connection(origin=origin, stream=None)  # type: ignore[arg-type]

@@ -248,10 +248,10 @@ class Queue:
     def count(self, state: str | None = None) -> int:
         """How many jobs there are (in ``state``), read through the index."""
         if state is None:
-            return self._store.rows("SELECT count(*) FROM jobs WHERE cancel IS NULL")[0][0]
+            return int(self._store.rows("SELECT count(*) FROM jobs WHERE cancel IS NULL")[0][0])
         if state not in STATES:
             raise InvalidInputError(f"unknown state {state!r} (one of {', '.join(STATES)})")
-        return self._store.rows("SELECT count(*) FROM jobs WHERE state = ? AND cancel IS NULL", (state,))[0][0]
+        return int(self._store.rows("SELECT count(*) FROM jobs WHERE state = ? AND cancel IS NULL", (state,))[0][0])
 
     def check_ids(self, ids: Sequence[int]) -> None:
         """InvalidInputError naming every id that is not in the queue."""
@@ -373,7 +373,7 @@ class Queue:
         return self.exchange(owner, [(job_id, state, fields)], 0)[0][0]
 
     def exchange(self, owner: str, endings: Sequence[tuple[int, str | None, Mapping[str, Any]]], count: int,
-                 ids: Sequence[int] | None = None) -> tuple[list[str | None], list[Job]]:
+                 ids: Sequence[int] | None = None) -> tuple[builtins.list[str | None], builtins.list[Job]]:
         """``settle`` each of ``endings`` (id, state, fields), then claim up to ``count`` jobs, in one
         transaction: a runner's traffic with the database costs one round trip however many jobs end."""
         doomed: list[Path] = []

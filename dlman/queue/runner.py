@@ -23,9 +23,10 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from dlman.errors import DownloadError
 from dlman.options import redact
 from dlman.queue.jobs import DOWNLOAD_KEYS, ENGINE_KEYS, Job, Outcome
-from dlman.queue.ownership import HOST, TICK
+from dlman.queue.ownership import HOST, TICK, Report
 
 if TYPE_CHECKING:
+    from dlman.engine import Engine
     from dlman.queue import Queue
     from dlman.result import DownloadResult, Progress
 
@@ -105,7 +106,7 @@ class Runner:
         self.owner = f"{HOST}:{os.getpid()}:{uuid.uuid4().hex}"
         self.active: dict[int, _Active] = {}
         self.outcomes: dict[int, Outcome] = {}
-        self.engines: dict[tuple[Any, ...], Any] = {}
+        self.engines: dict[tuple[Any, ...], Engine] = {}
         self.engine_lock = asyncio.Lock()
         self.made: dict[str, asyncio.Future[None]] = {}  # directories this run creates (or found)
         self.database = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dlman-queue")
@@ -218,7 +219,7 @@ class Runner:
         if self.listener:
             self.listener.started(job)
 
-    async def _engine(self, options: Mapping[str, Any]) -> Any:
+    async def _engine(self, options: Mapping[str, Any]) -> "Engine":
         """One engine per distinct engine-level configuration, shared by the jobs that use it."""
         config = {key: options[key] for key in ENGINE_KEYS if key in options}
         key = tuple(sorted(config.items()))
@@ -257,7 +258,7 @@ class Runner:
 
     async def _tick(self) -> None:
         """Heartbeat and progress for every running job; stop those paused or removed elsewhere."""
-        reports = {}
+        reports: dict[int, Report] = {}
         for job_id, entry in self.active.items():
             if entry.stop:
                 continue

@@ -94,7 +94,7 @@ class Store:
             self._conn.close()
 
     def _version(self) -> int:
-        return self.retry(lambda: self._conn.execute("PRAGMA user_version").fetchone()[0])
+        return int(self.retry(lambda: self._conn.execute("PRAGMA user_version").fetchone()[0]))
 
     @staticmethod
     def retry(action: Callable[[], T]) -> T:

@@ -250,7 +250,7 @@ def request_from(options: Mapping[str, Any] | None, servers: int) -> Request:
     options = options or {}
     if not isinstance(options, Mapping):
         raise InvalidInputError("options must be a struct")
-    first = {key: (_values(value)[0] if _values(value) else None) for key, value in options.items()}
+    first = {key: values[0] for key, value in options.items() if (values := _values(value))}
     split = _count("split", first["split"]) if first.get("split") else None
     per_server = (_count("max-connection-per-server", first["max-connection-per-server"])
                   if first.get("max-connection-per-server") else None)

@@ -69,7 +69,7 @@ class Service:
         self._api = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dlman-api")
         self._wake = asyncio.Event()
         self.stopping = asyncio.Event()
-        self._run: asyncio.Task[None] | None = None
+        self._run: asyncio.Task[Any] | None = None
         self._restarting = False
 
     # -- running -----------------------------------------------------------------------------
