@@ -10,13 +10,14 @@ first; the queue, the engine (httpx, asyncio) and tqdm are imported by the comma
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn
 
 import click
 
@@ -346,8 +347,9 @@ def add(settings: Settings, urls: tuple[str, ...], input_file: str | None, outpu
               "http2": http2, "insecure": insecure, "retries": retries, "timeout": timeout, "max_speed": max_speed,
               "verify_digest": verify_digest, "verify": None if insecure else _ca_from_environment(),
               "load_cookies": load_cookies, "save_cookies": save_cookies, "on_done": on_done, "on_fail": on_fail}
+    manifest = _open_manifest(input_file)
     queue = settings.queue()
-    added = _distinct(queue.add_stream(_plan(urls, input_file, output, directory, common)))
+    added = _distinct(queue.add_stream(_plan(urls, input_file, manifest, output, directory, common)))
     if insecure and later:
         settings.say("warning: --insecure: TLS certificates of these jobs will not be verified")
     if later:
@@ -379,8 +381,8 @@ def _distinct(ids: Sequence[int]) -> "array[int]":
     return kept
 
 
-def _plan(urls: Sequence[str], input_file: str | None, output: str | None, directory: str,
-          common: dict[str, Any]) -> Iterator["NewJob"]:
+def _plan(urls: Sequence[str], input_file: str | None, manifest: "BinaryIO | None", output: str | None,
+          directory: str, common: dict[str, Any]) -> Iterator["NewJob"]:
     """Every job ``add`` was asked for, validated as it is read; it raises Failure (exit 2) after
     the last line when anything was wrong, and the caller's transaction then enqueues nothing."""
     from dlman.errors import InvalidInputError
@@ -403,7 +405,7 @@ def _plan(urls: Sequence[str], input_file: str | None, output: str | None, direc
         if not problems:
             yield prepare(url, _as_dir(directory), output=output, **common)
     try:
-        for entry in _manifest(input_file):
+        for entry in _manifest(input_file, manifest):
             count += 1
             if count > 1 and misuse is None:
                 misuse = ("-o/--output takes one URL only" if output else
@@ -456,17 +458,41 @@ def _as_dir(path: str) -> str:
     return path if path.endswith(os.sep) else path + os.sep
 
 
-def _manifest(source: str | None) -> Iterator["Entry"]:
-    """The entries of the manifest ``-i`` names, read and checked a line at a time."""
-    from dlman.manifest import iter_manifest, read_lines
+def _open_manifest(source: str | None) -> "BinaryIO | None":
+    """The manifest ``-i`` names, open for reading. Input that is not a regular file (stdin, a
+    pipe) is first copied to an unnamed temporary file, in flat memory: the queue's write
+    transaction that takes the entries must never wait on a slow producer."""
+    import shutil
+    import stat
+    import tempfile
 
     if source is None:
-        return
-    name = "<stdin>" if source == "-" else source
+        return None
     try:
-        handle = sys.stdin.buffer if source == "-" else open(source, "rb")
+        handle: BinaryIO = sys.stdin.buffer if source == "-" else open(source, "rb")
+        try:
+            regular = stat.S_ISREG(os.fstat(handle.fileno()).st_mode)
+        except (OSError, ValueError, io.UnsupportedOperation):
+            regular = False
+        if not regular:
+            spool = tempfile.TemporaryFile()
+            shutil.copyfileobj(handle, spool, 1 << 20)
+            spool.seek(0)
+            if handle is not sys.stdin.buffer:
+                handle.close()
+            handle = spool
     except OSError as error:
         raise Failure(f"cannot read manifest {source}: {error.strerror or error}") from None
+    return handle
+
+
+def _manifest(source: str | None, handle: "BinaryIO | None") -> Iterator["Entry"]:
+    """The entries of the manifest ``-i`` names (open as ``handle``), read and checked a line at a time."""
+    from dlman.manifest import iter_manifest, read_lines
+
+    if source is None or handle is None:
+        return
+    name = "<stdin>" if source == "-" else source
     try:
         yield from iter_manifest(read_lines(handle, name), name)
     except OSError as error:

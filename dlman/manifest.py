@@ -111,8 +111,8 @@ def _target(entry: Entry) -> str:
     the same directory is a sure collision.
     """
     directory = entry.dir or "."  # already normalised by check_dir
-    if entry.out is not None:
-        return f"{directory}\0file\0{entry.out}"
+    if entry.out is not None:  # dir=a + out=b/c and dir=a/b + out=c write the same file
+        return f"\0file\0{posixpath.normpath(posixpath.join(directory, entry.out))}"
     return f"{directory}\0url\0{entry.urls[0] if entry.urls else ''}"
 
 

@@ -229,10 +229,12 @@ def check_url(url: str) -> str:
     return url.strip()
 
 
-# The everyday shape of a valid URL (http(s), a plain ASCII host, an optional port, no white space),
-# told in one match; anything else, valid or not, goes through urlsplit and httpx. For this shape
-# httpx can only refuse a bad IPv4 address, an "xn--" label it cannot decode, or a URL too long.
-_PLAIN_URL = re.compile(r"(?i:https?)://([A-Za-z0-9._~-]+)(?::(\d{1,5}))?(?:[/?#]\S*)?")
+# The everyday shape of a valid URL (http(s), a plain ASCII host, an optional port, printable ASCII
+# only), told in one match; anything else, valid or not, goes through urlsplit and httpx. ASCII
+# matching throughout: Unicode case folding would take "httpſ" for "https", and \d Arabic-Indic or
+# fullwidth digits for a port. For this shape httpx can only refuse a bad IPv4 address, an "xn--"
+# label it cannot decode, or a URL too long.
+_PLAIN_URL = re.compile(r"(?i:https?)://([A-Za-z0-9._~-]+)(?::([0-9]{1,5}))?(?:[/?#][!-~]*)?", re.ASCII)
 _IPV4_STYLE = re.compile(r"[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+")
 _CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
 _LONGEST_URL = 65536  # httpx refuses longer ones

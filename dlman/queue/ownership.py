@@ -245,6 +245,16 @@ def heartbeat(conn: sqlite3.Connection, owner: str, reports: Mapping[int, Report
 SETTLE_FIELDS = frozenset({"bytes_done", "total_bytes", "dest", "dest_is_dir", "error"})
 
 
+def storable_text(text: str) -> str:
+    """``text`` as SQLite can store it: a message may quote an undecodable byte of a URL or a file
+    name (a lone surrogate), which would make the whole transaction fail, settles of other jobs too."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
 def settle(conn: sqlite3.Connection, owner: str, job_id: int, state: str | None,
            fields: Mapping[str, Any]) -> tuple[str | None, list[Path]]:
     """Record how an owned job ended and release it (inside a transaction).
@@ -268,6 +278,8 @@ def settle(conn: sqlite3.Connection, owner: str, job_id: int, state: str | None,
     if state in ("done", "failed") or (state == "queued" and row["state"] == "active"):
         ending = state
     sets = {**fields, "state": ending, "owner": None, "updated": time.time()}
+    if isinstance(sets.get("error"), str):
+        sets["error"] = storable_text(sets["error"])
     columns = ", ".join(f"{name} = ?" for name in sets)
     conn.execute(f"UPDATE jobs SET {columns} WHERE id = ?", (*sets.values(), job_id))
     return ending, []
