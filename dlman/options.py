@@ -240,6 +240,7 @@ _CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
 _LONGEST_URL = 65536  # httpx refuses longer ones
 
 
+@functools.lru_cache(maxsize=1024)  # a manifest's URLs mostly share a few hosts
 def _plain_host(host: str) -> bool:
     """Whether httpx takes this host of a URL of the everyday shape as it is."""
     if host[:4].lower() == "xn--":
