@@ -8,8 +8,12 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    import trustme
 
 # Test modules import the server as ``from faultserver import FaultServer``; make that work
 # under any pytest import mode, not only the default "prepend".
@@ -47,6 +51,25 @@ def server() -> Iterator[FaultServer]:
 def server2() -> Iterator[FaultServer]:
     """A second, independent origin: a different port, for cross-origin redirects and mirrors."""
     with FaultServer() as srv:
+        yield srv
+
+
+@pytest.fixture(scope="session")
+def ca() -> "trustme.CA":
+    """A test certificate authority; its certificates are for servers on 127.0.0.1."""
+    import trustme
+
+    return trustme.CA()
+
+
+@pytest.fixture
+def tls_server(ca: "trustme.CA") -> Iterator[FaultServer]:
+    """HTTPS on 127.0.0.1 with a certificate valid for 127.0.0.1 and localhost, from ``ca``."""
+    import ssl
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
+    with FaultServer(ssl_context=context) as srv:
         yield srv
 
 

@@ -323,6 +323,23 @@ def _parse_range(value: str, size: int) -> tuple[int, int] | str | None:
     return first, min(last, size - 1)
 
 
+
+def quiet_loop_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """An event loop's exception handler that silences clients vanishing (resets, failed TLS handshakes)."""
+    exc = context.get("exception")
+    if isinstance(exc, (ConnectionError, ssl.SSLError, OSError, asyncio.CancelledError)):
+        return
+    if exc is None and "handshake" in str(context.get("message", "")).lower():
+        return
+    loop.default_exception_handler(context)
+
+
+def record_error(errors: list[BaseException], server: str, exc: BaseException) -> None:
+    """Keep a test server's own bug for the test to fail on, and show it."""
+    errors.append(exc)
+    print(f"{server}: internal error", file=sys.stderr)
+    traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+
 class FaultServer:
     """An HTTP/1.1 server on a background thread whose resources misbehave on request."""
 
@@ -462,19 +479,10 @@ class FaultServer:
             except (asyncio.TimeoutError, OSError):
                 pass
 
-    def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-        """Silence the noise of clients vanishing (resets, failed TLS handshakes)."""
-        exc = context.get("exception")
-        if isinstance(exc, (ConnectionError, ssl.SSLError, OSError, asyncio.CancelledError)):
-            return
-        if exc is None and "handshake" in str(context.get("message", "")).lower():
-            return
-        loop.default_exception_handler(context)
+    _loop_exception = staticmethod(quiet_loop_exception)
 
     def _record_error(self, exc: BaseException) -> None:
-        self.errors.append(exc)
-        print("faultserver: internal error", file=sys.stderr)
-        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+        record_error(self.errors, "faultserver", exc)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Serve one connection: requests in sequence until close, a cut, or stop()."""

@@ -16,9 +16,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import ssl
-import sys
 import threading
-import traceback
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
@@ -31,7 +29,7 @@ import h2.events
 import h2.exceptions
 import trustme
 
-from faultserver import _parse_range
+from faultserver import _parse_range, quiet_loop_exception, record_error
 
 __all__ = ["H2Server", "H2Resource", "H2Request"]
 
@@ -460,18 +458,10 @@ class H2Server:
                     task.cancel()
                 await asyncio.wait(tasks, timeout=5)
 
-    def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-        exc = context.get("exception")
-        if isinstance(exc, (ConnectionError, ssl.SSLError, OSError, asyncio.CancelledError)):
-            return
-        if exc is None and "handshake" in str(context.get("message", "")).lower():
-            return
-        loop.default_exception_handler(context)
+    _loop_exception = staticmethod(quiet_loop_exception)
 
     def _record_error(self, exc: BaseException) -> None:
-        self.errors.append(exc)
-        print("h2server: internal error", file=sys.stderr)
-        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+        record_error(self.errors, "h2server", exc)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()

@@ -12,12 +12,10 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import trustme
 
 from dlman import InvalidInputError, Queue
 from dlman.ratelimit import RateLimiter
@@ -133,17 +131,6 @@ def test_bad_resume_urls_are_exit_2(tmp_path, env, args, message) -> None:
 
 # -- the CA bundle in force is stored with the job ---------------------------------------------------
 
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-@pytest.fixture
-def tls_server(ca: trustme.CA) -> Iterator[FaultServer]:
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(context)
-    with FaultServer(ssl_context=context) as srv:
-        yield srv
 
 
 def test_ssl_cert_file_at_add_later_is_used_by_a_later_run(tls_server, ca, make_data, tmp_path, env) -> None:

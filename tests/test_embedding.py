@@ -19,10 +19,8 @@ from collections.abc import AsyncGenerator, Iterator
 
 import httpx
 import pytest
-import trustme
 
 import dlman
-from faultserver import FaultServer
 from helpers import fetch
 
 MiB = 1 << 20
@@ -201,17 +199,6 @@ def test_the_connect_timeout_of_an_httpx_timeout_is_honoured(tmp_path):
         listener.close()
 
 
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-@pytest.fixture
-def tls_server(ca: trustme.CA) -> Iterator[FaultServer]:
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(context)
-    with FaultServer(ssl_context=context) as srv:
-        yield srv
 
 
 def test_verify_takes_a_ca_bundle_path_or_an_ssl_context(tls_server, ca, make_data, tmp_path):

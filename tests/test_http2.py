@@ -27,11 +27,6 @@ BIG = 64 * MiB
 
 
 @pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-@pytest.fixture(scope="module")
 def big() -> bytes:
     return make_data(BIG, seed=7)
 

@@ -14,7 +14,6 @@ import os
 import ssl
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,11 +23,6 @@ import dlman
 from faultserver import FaultServer
 
 SIZE = 300_000
-
-
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
 
 
 @pytest.fixture(scope="module")
@@ -42,13 +36,6 @@ def https_server(ca: trustme.CA, *names: str) -> FaultServer:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert(*names).configure_cert(context)
     return FaultServer(ssl_context=context)
-
-
-@pytest.fixture
-def tls_server(ca: trustme.CA) -> Iterator[FaultServer]:
-    """HTTPS on 127.0.0.1 with a certificate valid for 127.0.0.1 and localhost, from ``ca``."""
-    with https_server(ca, "127.0.0.1", "localhost") as srv:
-        yield srv
 
 
 @pytest.fixture

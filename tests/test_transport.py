@@ -142,12 +142,6 @@ def server() -> typing.Iterator[Server]:
     srv.close()
 
 
-@pytest.fixture(scope="module")
-def ca() -> typing.Any:
-    trustme = pytest.importorskip("trustme")
-    return trustme.CA()
-
-
 def server_tls_context(ca: typing.Any, alpn: list[str]) -> ssl.SSLContext:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("127.0.0.1", "localhost").configure_cert(ctx)
