@@ -95,6 +95,7 @@ def test_add_uri_downloads_and_every_result_has_aria2s_shape(daemon: Daemon, ser
     assert daemon.call("aria2.getUris", gid) == [{"uri": server.url("/file.bin"), "status": "used"}]
     option = daemon.call("aria2.getOption", gid)
     assert option["dir"] == str(daemon.root / "isos") and option["out"] == "named.bin" and option["split"] == "2"
+    assert option["max-download-limit"] == str(1 << 20)
     assert "X-Test: 1" in option["header"] and "User-Agent: agent/1" in option["header"]
     asked = server.resource("/file.bin").requests[0].headers
     assert asked["user-agent"] == "agent/1" and asked["referer"] == "http://ref.example/" and asked["x-test"] == "1"

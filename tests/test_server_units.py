@@ -203,10 +203,11 @@ def test_options_map_to_dlman() -> None:
     assert request.directory == "isos" and request.out == "a.iso"
     assert request.options == {"connections": 4, "checksum": "sha256:" + "ab" * 32,
                                "headers": ["X-A: 1", "X-B: 2", "Referer: http://ref.example/",
-                                           "User-Agent: agent/1"]}
+                                           "User-Agent: agent/1"], "max_speed": 1 << 20}
+    assert "max_speed" not in aria2.request_from({"max-download-limit": "0"}, 1).options  # aria2's "no limit"
     assert aria2.request_from({"allow-overwrite": "true"}, 1).options == {"overwrite": True}
     assert aria2.request_from({"header": "X-A: 1\nX-B: 2"}, 1).options["headers"] == ["X-A: 1", "X-B: 2"]
-    for bad in ({"split": "x"}, {"checksum": "md5=zz"}, {"header": "no colon"}):
+    for bad in ({"split": "x"}, {"checksum": "md5=zz"}, {"header": "no colon"}, {"max-download-limit": "fast"}):
         with pytest.raises(InvalidInputError):
             aria2.request_from(bad, 1)
 

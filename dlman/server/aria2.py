@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from dlman.checksum import parse_checksum
 from dlman.errors import InvalidInputError
-from dlman.options import MAX_CONNECTIONS, mask_header, parse_header
+from dlman.options import MAX_CONNECTIONS, mask_header, parse_header, parse_rate
 
 T = TypeVar("T")
 
@@ -260,6 +260,9 @@ def request_from(options: Mapping[str, Any] | None, servers: int) -> Request:
         clean["connections"] = connections
     if first.get("checksum"):
         clean["checksum"] = str(parse_checksum(first["checksum"]))
+    limit = first.get("max-download-limit", "0").strip()
+    if limit not in ("", "0"):  # aria2's 0: no limit of its own
+        clean["max_speed"] = parse_rate(limit)
     headers = []
     for line in _values(options.get("header")):
         for part in line.split("\n"):
@@ -296,6 +299,7 @@ def options_of(view: View, allow_overwrite: bool) -> dict[str, str]:
     headers = [mask_header(h) for h in options.get("headers", [])]
     if headers:
         result["header"] = "\n".join(headers)
+    result["max-download-limit"] = str(options.get("max_speed") or 0)
     if options.get("timeout"):
         result["timeout"] = str(int(options["timeout"]))
     if options.get("retries") is not None:
