@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import shutil
 import subprocess
 import sys
@@ -21,6 +20,9 @@ import time
 from pathlib import Path
 
 import dlman
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from helpers import dlman_peak  # noqa: E402  (the child's own peak memory, as the tests take it)
 from dlman.queue import prepare
 from dlman.result import DownloadResult
 
@@ -43,18 +45,27 @@ class InstantEngine:
 
 
 def measure(argv: list[str], cwd: Path, expect: int = 0) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MB) of one dlman process; its output is discarded."""
+    """Wall time and peak RSS (MB, the child's own VmHWM) of one dlman process."""
     began = time.monotonic()
-    with open(os.devnull, "wb") as sink:
-        process = subprocess.Popen([sys.executable, "-m", "dlman", *argv], cwd=cwd, stdout=sink,
-                                   stderr=subprocess.PIPE)
-        _, status, usage = os.wait4(process.pid, 0)
+    status, _, peak = dlman_peak(argv, cwd)
     took = time.monotonic() - began
-    process.returncode = os.waitstatus_to_exitcode(status)
-    errors = process.stderr.read().decode() if process.stderr else ""
-    if process.returncode != expect:
-        raise SystemExit(f"dlman {' '.join(argv)} exited {process.returncode}: {errors[-2000:]}")
-    return took, usage.ru_maxrss / 1024
+    if status != expect:
+        errors = (cwd / "stderr").read_text(errors="replace")
+        raise SystemExit(f"dlman {' '.join(argv)} exited {status}: {errors[-2000:]}")
+    return took, peak
+
+
+def first_line_seconds(argv: list[str], cwd: Path) -> float:
+    """Seconds until one dlman process has written its first line of output."""
+    began = time.monotonic()
+    process = subprocess.Popen([sys.executable, "-m", "dlman", *argv], cwd=cwd, stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL)
+    assert process.stdout is not None
+    process.stdout.readline()
+    took = time.monotonic() - began
+    process.kill()
+    process.wait()
+    return took
 
 
 def claim_seconds(home: Path, claims: int) -> float:
@@ -105,7 +116,8 @@ def main() -> None:
                             ("list", [*home, "list"])]:
             took, rss = measure(argv, root)
             print(f"| {label} | {took:.2f} | {rss:.0f} |")
-        print(f"\nclaim + settle with {args.jobs} queued: {claim_seconds(root / 'home', args.claims) * 1000:.2f} ms")
+        print(f"\nlist, time to its first line: {first_line_seconds([*home, 'list'], root):.2f} s")
+        print(f"claim + settle with {args.jobs} queued: {claim_seconds(root / 'home', args.claims) * 1000:.2f} ms")
         for count in args.runs:
             print(f"run over {count} ids, -j 4, instant engine: {run_ms_per_job(root, count):.2f} ms per job")
 

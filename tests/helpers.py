@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -63,3 +65,29 @@ def start_and_cancel(url: str | list[str], dest: Path, at_least: int, **options:
         async with dlman.Engine(timeout=5, **options) as engine:
             await interrupt_when(asyncio.create_task(engine.download(url, dest)), dest, at_least)
     asyncio.run(main())
+
+
+# The child reports the high-water mark of its own address space (VmHWM) as it exits. Its
+# ru_maxrss would not do: Linux carries into it the peak RSS of the process it was forked (or
+# vforked) from, here this test process, which may have grown to gigabytes in earlier tests.
+_REPORT_PEAK = (
+    "import atexit, sys\n"
+    "def report():\n"
+    "    hwm = [line.split()[1] for line in open('/proc/self/status') if line.startswith('VmHWM:')]\n"
+    "    sys.stderr.write(f'\\nVmHWM {hwm[0] if hwm else -1}\\n')\n"
+    "atexit.register(report)\n"
+    "from dlman.cli import main\n"
+    "main(sys.argv[1:])\n"
+)
+
+
+def dlman_peak(args: list[str], cwd: Path) -> tuple[int, bytes, float]:
+    """Exit status, standard output and peak RSS (MB) of one ``dlman`` process."""
+    with open(cwd / "stdout", "wb") as out, open(cwd / "stderr", "wb") as err:
+        status = subprocess.run([sys.executable, "-c", _REPORT_PEAK, *args], cwd=cwd, stdout=out,
+                                stderr=err).returncode
+    lines = (cwd / "stderr").read_text().splitlines()
+    peak_kib = int(lines[-1].split()[1])
+    if peak_kib < 0:
+        pytest.skip("no /proc/self/status VmHWM on this system")
+    return status, (cwd / "stdout").read_bytes(), peak_kib / 1024

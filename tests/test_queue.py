@@ -28,6 +28,7 @@ from dlman.queue.ownership import (Process, owner_gone, parse_start_time, stale_
 from dlman.queue import runner as runner_module
 from dlman.queue.runner import WINDOW
 from dlman.result import DownloadResult, Progress
+from helpers import dlman_peak
 
 
 @pytest.fixture
@@ -530,32 +531,6 @@ def test_add_stream_is_all_or_nothing(queue: Queue, tmp_path: Path, monkeypatch:
     assert list(queue.add_stream(iter([prepare("http://h/9", tmp_path, output="f9")]))) == [kept.id + 1]  # not even an id was used
 
 
-# The child reports the high-water mark of its own address space (VmHWM) as it exits. Its
-# ru_maxrss would not do: Linux carries into it the peak RSS of the process it was forked (or
-# vforked) from, here this test process, which may have grown to gigabytes in earlier tests.
-_REPORT_PEAK = (
-    "import atexit, sys\n"
-    "def report():\n"
-    "    hwm = [line.split()[1] for line in open('/proc/self/status') if line.startswith('VmHWM:')]\n"
-    "    sys.stderr.write(f'\\nVmHWM {hwm[0] if hwm else -1}\\n')\n"
-    "atexit.register(report)\n"
-    "from dlman.cli import main\n"
-    "main(sys.argv[1:])\n"
-)
-
-
-def _dlman_peak(args: list[str], cwd: Path) -> tuple[int, bytes, float]:
-    """Exit status, standard output and peak RSS (MB) of one ``dlman`` process."""
-    with open(cwd / "stdout", "wb") as out, open(cwd / "stderr", "wb") as err:
-        status = subprocess.run([sys.executable, "-c", _REPORT_PEAK, *args], cwd=cwd, stdout=out,
-                                stderr=err).returncode
-    lines = (cwd / "stderr").read_text().splitlines()
-    peak_kib = int(lines[-1].split()[1])
-    if peak_kib < 0:
-        pytest.skip("no /proc/self/status VmHWM on this system")
-    return status, (cwd / "stdout").read_bytes(), peak_kib / 1024
-
-
 @pytest.mark.slow
 def test_a_long_manifest_is_checked_and_added_in_flat_memory(tmp_path: Path) -> None:
     """`add --later -i` of 200,000 entries: peak RSS stays far under 100 MB (it grew by about
@@ -567,11 +542,11 @@ def test_a_long_manifest_is_checked_and_added_in_flat_memory(tmp_path: Path) -> 
         out.writelines(f"http://h/f{i}\n  out=f{i}\n" for i in range(count))
     bad.write_bytes(manifest.read_bytes() + b"http://h/last\n  colour=red\n")
     home = str(tmp_path / "home")
-    status, _, peak = _dlman_peak(["--home", home, "add", "--later", "-d", "dl", "-i", str(bad)], tmp_path)
+    status, _, peak = dlman_peak(["--home", home, "add", "--later", "-d", "dl", "-i", str(bad)], tmp_path)
     assert status == 2 and peak < 100, peak
     with Queue(home) as queue:
         assert queue.list() == []
-    status, printed, peak = _dlman_peak(["--home", home, "add", "--later", "-d", "dl", "-i", str(manifest)], tmp_path)
+    status, printed, peak = dlman_peak(["--home", home, "add", "--later", "-d", "dl", "-i", str(manifest)], tmp_path)
     assert status == 0 and peak < 100, peak
     assert printed.split() == [str(i).encode() for i in range(1, count + 1)]
     with Queue(home) as queue:
