@@ -230,14 +230,17 @@ class Queue:
         """
         if state is not None and state not in STATES:
             raise InvalidInputError(f"unknown state {state!r} (one of {', '.join(STATES)})")
-        return self._pages() if state is None else self._line((state,))
+        return self._pages(state)
 
     def iter_waiting(self) -> Iterator[Job]:
         """The waiting line, a page at a time: queued and paused jobs in line order, as aria2's
         waiting queue lists them (queued jobs start in this order; paused ones keep their place)."""
         return self._line(WAITING)
 
-    def _pages(self) -> Iterator[Job]:
+    def _pages(self, state: str | None) -> Iterator[Job]:
+        if state is not None:
+            yield from self._line((state,))
+            return
         after = 0
         while True:
             rows = self._store.rows("SELECT * FROM jobs WHERE cancel IS NULL AND id > ? ORDER BY id LIMIT ?",
