@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import math
 import os
+import random
 import sqlite3
 import stat
 import subprocess
@@ -22,7 +24,7 @@ from dlman.home import resolve_home
 import dlman.queue as queue_package
 from dlman.queue import HOST, STALE_AFTER, TICK, NewJob, Outcome, Queue, prepare, redact
 from dlman.queue import ownership, store
-from dlman.queue.jobs import stays_done
+from dlman.queue.jobs import line_position, spread, stays_done
 from dlman.queue.ownership import (Process, owner_gone, parse_start_time, stale_after, start_time,
                                    this_process)
 from dlman.queue import runner as runner_module
@@ -579,22 +581,71 @@ def plan(queue: Queue, sql: str, *params: Any) -> list[str]:
 
 
 @pytest.mark.parametrize("sql,among", [
-    (ownership.CLAIM_NEXT, False), (ownership.CLAIM_NEXT, True), (ownership.OWNED, False), (ownership.OWNED, True),
+    (ownership.CLAIM_NEXT, False), (ownership.CLAIM_AMONG, True), (ownership.OWNED, False), (ownership.OWNED, True),
     (ownership.ORPHANS, False),
 ])
 def test_claiming_reads_through_indexes(queue: Queue, sql: str, among: bool) -> None:
     """No full-table scan per claim: its cost does not grow with the queue's length."""
     queue.add_many([prepare(f"http://h/{i}") for i in range(50)])
+    queue.move(40, 0)
     for _ in range(5):
         queue.claim("me")
     query, params = sql, []
     if "{among}" in sql:
         condition, params = ownership._among([1, 2, 3] if among else None)
         query = sql.format(among=condition)
+    elif among:
+        params = ["[1, 2, 3]"]
     if "LIMIT ?" in sql:
         params = [*params, 4]
     steps = [step for step in plan(queue, query, *params) if "jobs" in step.split()]
     assert steps and all(step.startswith("SEARCH jobs USING") for step in steps), steps
+
+
+@pytest.mark.parametrize("sql,params,ranged", [
+    (ownership.CLAIM_NEXT, [4], False),
+    (store.line_query(["queued"]), [2.5, 3, 500], True),
+    (store.line_query(["queued", "paused"]), [2.5, 3, 500], True),
+    (store._OTHERS, [7, 2, 10], False),
+    (store._COUNT_BEFORE, ["queued", 2.5, 3], True),
+])
+def test_the_line_is_read_in_order_through_its_index(queue: Queue, sql: str, params: list[Any], ranged: bool) -> None:
+    """Claims and pages read the queued (and paused) rows already in line order from the index on
+    (state, place): no scan of the table, no sort of every queued row for each claim or page."""
+    queue.add_many([prepare(f"http://h/{i}") for i in range(50)])
+    queue.move(40, 0)
+    queue.pause(3)
+    steps = plan(queue, sql, *params)
+    assert not any("TEMP B-TREE" in step or step.startswith("SCAN jobs") for step in steps), steps
+    reads = [step for step in steps if "jobs" in step.split()]
+    assert reads and all(step.startswith("SEARCH jobs USING INDEX jobs_line (state=?") for step in reads), steps
+    assert all(("<expr>" in step) == ranged for step in reads), steps  # a page starts where the last one ended
+
+
+def test_a_version_2_database_is_migrated_and_its_line_is_the_order_of_addition(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    with closing(sqlite3.connect(home / "queue.db")) as conn, conn:
+        for script in store.MIGRATIONS[:2]:
+            for statement in store._statements(script):
+                conn.execute(statement)
+        conn.execute("PRAGMA user_version = 2")
+        for i, state in enumerate(["queued", "paused", "done", "queued", "queued", "failed"], start=1):
+            conn.execute("INSERT INTO jobs (urls, dest, dest_is_dir, request, options, state, created, updated)"
+                         " VALUES (?, ?, 0, ?, '{}', ?, 0, 0)", (f'["http://h/{i}"]', f"/d/{i}", f"r{i}", state))
+    with Queue(home) as queue:
+        assert peek(queue, "PRAGMA user_version")[0] == store.VERSION == 3
+        indexes = {row[0] for row in queue._store.rows("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        assert "jobs_line" in indexes and "jobs_state" not in indexes
+        assert peek(queue, "SELECT count(*) FROM jobs WHERE rank IS NOT NULL")[0] == 0
+        assert [job.id for job in queue.waiting()] == [1, 2, 4, 5]
+        assert queue.move(5, 0) == 0
+        assert [job.id for job in queue.waiting()] == [5, 1, 2, 4]
+        assert [job.id for job in queue.add_many([prepare("http://h/7"), prepare("http://h/8")])] == [7, 8]
+        assert [job.id for job in queue.list("queued")] == [5, 1, 4, 7, 8]
+        assert [queue.claim("me").id for _ in range(3)] == [5, 1, 4]
+    with Queue(home) as again:  # already current: opening it changes nothing
+        assert [job.id for job in again.waiting()] == [2, 7, 8]
 
 
 def test_a_database_from_before_versions_is_migrated(tmp_path: Path) -> None:
@@ -780,3 +831,164 @@ def test_claim_many_takes_the_gone_owners_jobs_then_the_oldest(queue: Queue) -> 
         assert [job.id for job in ownership.claim_many(conn, "me", 5, ids=[jobs[3].id, jobs[1].id])] == [jobs[3].id]
         assert [job.id for job in ownership.claim_many(conn, "me", 5)] == [jobs[2].id, jobs[5].id]
         assert ownership.claim_many(conn, "me", 5) == []
+
+
+# -- the waiting line --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("position,count,offset,how,expected", [
+    (2, 5, 0, "set", 0), (2, 5, 3, "set", 3), (2, 5, 4, "set", 4),
+    (2, 5, -1, "set", 0), (2, 5, 5, "set", 4), (2, 5, 99, "set", 4),    # before the front, past the end
+    (2, 5, 0, "cur", 2), (2, 5, -1, "cur", 1), (2, 5, 1, "cur", 3),
+    (2, 5, -3, "cur", 0), (2, 5, 3, "cur", 4), (0, 5, -1, "cur", 0), (4, 5, 1, "cur", 4),
+    (2, 5, 0, "end", 4), (2, 5, -1, "end", 3), (2, 5, -4, "end", 0),
+    (2, 5, -99, "end", 0), (2, 5, 1, "end", 4),
+    (0, 1, 0, "set", 0), (0, 1, 5, "set", 0), (0, 1, -5, "cur", 0), (0, 1, 3, "cur", 0), (0, 1, -2, "end", 0),
+])
+def test_line_position_follows_aria2s_change_position(position: int, count: int, offset: int, how: str,
+                                                      expected: int) -> None:
+    assert line_position(position, count, offset, how) == expected
+
+
+def test_line_position_refuses_an_unknown_way_to_move() -> None:
+    with pytest.raises(InvalidInputError, match="unknown way to move 'POS_SET'"):
+        line_position(0, 3, 1, "POS_SET")
+
+
+def test_spread_places_keys_strictly_between_or_says_there_is_no_room() -> None:
+    assert spread(1.0, 2.0, 1) == [1.5]
+    assert spread(0.0, 4.0, 3) == [1.0, 2.0, 3.0]
+    assert spread(None, 5.0, 3) == [2.0, 3.0, 4.0]  # nothing before: whole steps below the next key
+    assert spread(None, -7.5, 1) == [-8.5]
+    assert spread(3.0, 9.0, 0) == []
+    assert spread(1.0, math.nextafter(1.0, 2.0), 1) is None  # adjacent floats: no room
+    assert spread(1.0, 1.0 + 2e-16, 2) is None
+    assert spread(4.0, 4.0, 1) is None  # two jobs tied at one key (an id and a place given before)
+    assert spread(1e6, 1e6 + 1e-9, 1) == [1e6 + 5e-10]
+
+
+def ids(jobs: Any) -> list[int]:
+    return [job.id for job in jobs]
+
+
+def test_a_moved_job_is_claimed_first_and_paused_jobs_keep_their_place(queue: Queue) -> None:
+    queue.add_many([prepare(f"http://h/{i}") for i in range(1, 7)])
+    assert queue.move(5, 0) == 0
+    assert ids(queue.waiting()) == ids(queue.list("queued")) == [5, 1, 2, 3, 4, 6]
+    assert ids(queue.list()) == [1, 2, 3, 4, 5, 6]  # the whole queue stays in id order
+    assert queue.move(1, 0, "end") == 5
+    assert queue.move(6, -1, "cur") == 3
+    assert queue.move(2, -2, "end") == 3
+    assert ids(queue.waiting()) == [5, 3, 6, 2, 4, 1]
+    queue.pause(6)
+    assert ids(queue.waiting()) == [5, 3, 6, 2, 4, 1] and ids(queue.list("paused")) == [6]
+    assert queue.move(4, 1, "cur") == 5  # positions count the paused job: the line is aria2's waiting queue
+    assert queue.move(4, 2) == 2
+    assert ids(queue.waiting()) == [5, 3, 4, 6, 2, 1]
+    assert queue.claim("me").id == 5
+    with queue._store.transaction() as conn:
+        assert ids(ownership.claim_many(conn, "me", 2)) == [3, 4]
+        assert ids(ownership.claim_many(conn, "me", 5, ids=[1, 2, 6])) == [2, 1]  # among ids too, in line order
+    queue.resume(6)
+    assert queue.claim("me").id == 6
+
+
+def test_only_waiting_jobs_move(queue: Queue) -> None:
+    only = queue.add("http://h/a")
+    assert queue.move(only.id, 5) == queue.move(only.id, -5, "cur") == queue.move(only.id, 0, "end") == 0
+    queue.claim("me")
+    with pytest.raises(InvalidInputError, match="job 1 is active"):
+        queue.move(only.id, 0)
+    with pytest.raises(InvalidInputError, match="no job with id 99"):
+        queue.move(99, 0)
+    with pytest.raises(InvalidInputError, match="unknown way to move"):
+        queue.move(only.id, 0, "POS_SET")
+
+
+def test_jobs_added_after_moves_join_the_end(queue: Queue) -> None:
+    queue.add_many([prepare(f"http://h/{i}") for i in range(1, 4)])
+    for _ in range(200):  # far more halvings of the room before the next id than a double holds
+        queue.move(1, 0, "end")
+        queue.move(2, 0, "end")
+    assert ids(queue.waiting()) == [3, 1, 2]
+    new = queue.add("http://h/4")
+    assert ids(queue.waiting()) == [3, 1, 2, new.id]
+    assert queue.move(3, 0, "end") == 3
+    assert ids(queue.add_many([prepare("http://h/5"), prepare("http://h/6")])) == [5, 6]
+    assert ids(queue.waiting()) == [1, 2, 4, 3, 5, 6]
+
+
+def test_moves_match_a_list_model_even_when_floats_run_out(queue: Queue) -> None:
+    """Random moves (and adds) against a Python list: the same line every time. Moving two jobs
+    into one gap again and again exhausts the floats between its neighbours: a stretch around it
+    is spread out again, a few rows, not the whole line."""
+    queue.add_many([prepare(f"http://h/{i}") for i in range(300)])
+    model = list(range(1, 301))
+
+    def move(job_id: int, offset: int, how: str) -> None:
+        here = model.index(job_id)
+        target = min(max({"set": offset, "cur": here + offset, "end": len(model) - 1 + offset}[how], 0),
+                     len(model) - 1)
+        assert queue.move(job_id, offset, how) == target
+        model.insert(target, model.pop(here))
+
+    for i in range(400):
+        move(150 if i % 2 else 151, 100, "set")
+        move(7, 0, "end")
+    assert ids(queue.waiting()) == model
+    assert peek(queue, "SELECT count(rank) FROM jobs")[0] < 40
+    rng = random.Random(7)
+    for _ in range(600):
+        if rng.random() < 0.05:
+            model.append(queue.add(f"http://h/new{len(model)}").id)
+        else:
+            move(rng.choice(model), rng.randint(-20, 20), rng.choice(["set", "cur", "end"]))
+    assert ids(queue.waiting()) == model
+    assert ids(queue.iter_jobs("queued")) == model
+
+
+def test_the_line_pages_like_the_rest(queue: Queue, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(queue_package, "PAGE", 3)
+    queue.add_many([prepare(f"http://h/{i}") for i in range(1, 11)])
+    queue.move(9, 0)
+    queue.move(2, 0, "end")
+    queue.pause(4, 9)
+    stream = queue.iter_waiting()
+    first = [next(stream) for _ in range(4)]
+    queue.add("http://h/late")  # a writer between pages is neither blocked nor missed
+    assert ids(first + list(stream)) == [9, 1, 3, 4, 5, 6, 7, 8, 10, 2, 11]
+    assert ids(queue.iter_jobs("queued")) == [1, 3, 5, 6, 7, 8, 10, 2, 11]
+    assert ids(queue.iter_jobs("paused")) == [9, 4]
+
+
+def _add_one_at_a_time(home: str, count: int, errors: list[BaseException]) -> None:
+    try:
+        with Queue(home) as other:
+            for i in range(count):
+                other.add(f"http://h/added{i}")
+    except BaseException as error:  # noqa: BLE001 - reported by the test
+        errors.append(error)
+
+
+def test_moves_and_adds_at_once(tmp_path: Path) -> None:
+    """Another connection adds jobs one transaction at a time while this one moves jobs to the
+    front and to the end: every add lands, in the order made, and the moves hold."""
+    home = str(tmp_path / "home")
+    with Queue(home) as queue:
+        first = ids(queue.add_many([prepare(f"http://h/{i}") for i in range(20)]))
+        errors: list[BaseException] = []
+        adder = threading.Thread(target=_add_one_at_a_time, args=(home, 150, errors))
+        adder.start()
+        moves = 0
+        while adder.is_alive() or moves < 50:
+            assert queue.move(first[moves % 20], 0) == 0
+            queue.move(first[(moves + 7) % 20], 0, "end")
+            moves += 1
+        adder.join()
+        assert not errors, errors
+        assert queue.move(first[3], 0) == 0
+        assert queue.move(first[4], 0, "end") == 169
+        line = ids(queue.waiting())
+        added = [job_id for job_id in line if job_id not in first]
+        assert len(line) == 170 and line[0] == first[3] and line[-1] == first[4]
+        assert added == sorted(added) and len(added) == 150
+        assert [queue.claim("me").id for _ in range(2)] == line[:2]

@@ -343,8 +343,8 @@ def test_waiting_queue_options_and_global_methods(tmp_path: Path, server, make_d
         assert [w["gid"] for w in daemon.call("aria2.tellWaiting", -1, 2, ["gid"])] == [gids[3], gids[2]]
         assert [w["gid"] for w in daemon.call("aria2.tellWaiting", 1, 1, ["gid"])] == [gids[2]]
         assert daemon.call("aria2.changePosition", gids[2], 0, "POS_CUR") == 1
-        with pytest.raises(RpcError, match="changePosition"):
-            daemon.call("aria2.changePosition", gids[3], 0, "POS_SET")
+        assert daemon.call("aria2.changePosition", gids[3], 0, "POS_SET") == 0
+        assert [w["gid"] for w in daemon.call("aria2.tellWaiting", 0, 10, ["gid"])] == [gids[3], gids[1], gids[2]]
         assert daemon.call("aria2.pause", gids[2]) == gids[2]
         assert daemon.status(gids[2])["status"] == "paused"
         assert daemon.call("aria2.changeOption", gids[2], {"split": "3", "header": "X-Changed: yes"}) == "OK"
@@ -380,6 +380,47 @@ def test_waiting_queue_options_and_global_methods(tmp_path: Path, server, make_d
         assert daemon.call("aria2.saveSession") == "OK"
         session = daemon.call("aria2.getSessionInfo")["sessionId"]
         assert len(session) == 40 and int(session, 16) >= 0
+
+
+def test_change_position_reorders_the_waiting_queue_and_the_next_start(tmp_path: Path, server, make_data) -> None:
+    for i in range(5):
+        server.add(f"/p{i}.bin", make_data(SIZE, seed=50 + i), throttle=SLOW)
+    with running(tmp_path, "-j", "1") as daemon:
+        gids = [daemon.call("aria2.addUri", [server.url(f"/p{i}.bin")]) for i in range(4)]
+        daemon.wait_status(gids[0], "active")
+
+        def waiting() -> list[str]:
+            return [w["gid"] for w in daemon.call("aria2.tellWaiting", 0, 10, ["gid"])]
+
+        def move(gid: str, pos: int, how: str) -> int:
+            return daemon.call("aria2.changePosition", gid, pos, how)
+
+        assert waiting() == gids[1:]
+        assert move(gids[3], 0, "POS_SET") == 0
+        assert waiting() == [gids[3], gids[1], gids[2]]
+        assert move(gids[3], 1, "POS_CUR") == 1
+        assert move(gids[1], 5, "POS_CUR") == 2  # past the end: the end
+        assert waiting() == [gids[3], gids[2], gids[1]]
+        assert move(gids[1], -2, "POS_END") == 0
+        assert move(gids[2], 0, "POS_END") == 2
+        assert move(gids[3], -9, "POS_SET") == 0  # before the front: the front
+        assert waiting() == [gids[3], gids[1], gids[2]]
+        assert daemon.call("aria2.pause", gids[3]) == gids[3]  # a paused download keeps its place
+        assert [(w["gid"], w["status"]) for w in daemon.call("aria2.tellWaiting", 0, 10, ["gid", "status"])] == [
+            (gids[3], "paused"), (gids[1], "waiting"), (gids[2], "waiting")]
+        assert move(gids[2], -1, "POS_CUR") == 1
+        added = daemon.call("aria2.addUri", [server.url("/p4.bin")], {}, 1)  # addUri's position
+        assert waiting() == [gids[3], added, gids[2], gids[1]]
+        assert [w["gid"] for w in daemon.call("aria2.tellWaiting", -1, 2, ["gid"])] == [gids[1], gids[2]]
+        with pytest.raises(RpcError, match=f"GID#{gids[0]} not found in the waiting queue"):
+            move(gids[0], 0, "POS_SET")  # active
+        with pytest.raises(RpcError, match="Illegal argument"):
+            move(gids[1], 0, "POS_FIRST")
+        server.resource("/p0.bin").throttle = None
+        daemon.wait_status(gids[0], "complete")
+        daemon.wait_status(added, "active")  # first in line but the paused one
+        assert [daemon.status(g)["status"] for g in (gids[3], gids[2], gids[1])] == ["paused", "waiting", "waiting"]
+        assert waiting() == [gids[3], gids[2], gids[1]]
 
 
 def test_unsupported_and_unknown_methods_answer_clear_errors(daemon: Daemon) -> None:

@@ -237,13 +237,11 @@ def test_status_shapes_are_strings_and_keys_filter() -> None:
     assert aria2.servers_entry(view())[0]["servers"][0]["downloadSpeed"] == "250"
 
 
-def test_reposition() -> None:
-    assert aria2.reposition(2, 5, 0, "POS_SET") == 0
-    assert aria2.reposition(2, 5, -1, "POS_CUR") == 1
-    assert aria2.reposition(2, 5, 0, "POS_END") == 4
-    assert aria2.reposition(2, 5, 99, "POS_SET") == 4
-    with pytest.raises(Aria2Error):
-        aria2.reposition(0, 1, 0, "POS_WHATEVER")
+def test_change_position_modes_are_the_queues_moves() -> None:
+    assert [aria2.move_of(how) for how in ("POS_SET", "POS_CUR", "POS_END")] == ["set", "cur", "end"]
+    for bad in ("POS_WHATEVER", "pos_set", "set", ""):
+        with pytest.raises(Aria2Error, match="Illegal argument"):
+            aria2.move_of(bad)
 
 
 def test_get_query_forms() -> None:

@@ -9,7 +9,7 @@ Where each rule lives:
 * ``ownership.py``: who owns an active row, when an owner is gone, and what claim,
   heartbeat, settle and reap may do;
 * ``runner.py``: one run: claims jobs, drives the engine, reports how each ended;
-* here: ``Queue``, the operations a user asks for (add, list, pause, resume, remove, run).
+* here: ``Queue``, the operations a user asks for (add, list, pause, resume, move, remove, run).
 """
 
 from __future__ import annotations
@@ -30,8 +30,10 @@ from dlman.naming import PART_SUFFIX, STATE_SUFFIX
 from dlman.options import check_urls, redact
 from dlman.queue import ownership, store
 from dlman.queue.jobs import (
+    MOVES,
     RESULT_KEYS,
     STATES,
+    WAITING,
     Job,
     NewJob,
     Outcome,
@@ -220,7 +222,8 @@ class Queue:
         return {job.id: job for job in map(Job.from_row, rows)}
 
     def iter_jobs(self, state: str | None = None) -> Iterator[Job]:
-        """Every job (or those in ``state``) in id order, read a page at a time.
+        """Every job in id order, or those in ``state`` in line order (for queued jobs, the
+        order they start in; see ``move``), read a page at a time.
 
         Memory stays flat however long the queue is, and no read is held open
         between pages, so writers are never kept waiting by a slow consumer.
@@ -229,21 +232,41 @@ class Queue:
             raise InvalidInputError(f"unknown state {state!r} (one of {', '.join(STATES)})")
         return self._pages(state)
 
+    def iter_waiting(self) -> Iterator[Job]:
+        """The waiting line, a page at a time: queued and paused jobs in line order, as aria2's
+        waiting queue lists them (queued jobs start in this order; paused ones keep their place)."""
+        return self._line(WAITING)
+
     def _pages(self, state: str | None) -> Iterator[Job]:
-        only = "" if state is None else " AND state = ?"
+        if state is not None:
+            yield from self._line((state,))
+            return
         after = 0
         while True:
-            params = ([] if state is None else [state]) + [after, PAGE]
-            rows = self._store.rows(f"SELECT * FROM jobs WHERE cancel IS NULL{only} AND id > ? ORDER BY id LIMIT ?",
-                                    params)
+            rows = self._store.rows("SELECT * FROM jobs WHERE cancel IS NULL AND id > ? ORDER BY id LIMIT ?",
+                                    (after, PAGE))
             yield from map(Job.from_row, rows)
             if len(rows) < PAGE:
                 return
             after = rows[-1]["id"]
 
+    def _line(self, states: Sequence[str]) -> Iterator[Job]:
+        query = store.line_query(states)
+        after = store.START
+        while True:
+            rows = self._store.rows(query, (*after, PAGE))
+            yield from map(Job.from_row, rows)
+            if len(rows) < PAGE:
+                return
+            after = (rows[-1]["line"], rows[-1]["id"])
+
     def list(self, state: str | None = None) -> list[Job]:
-        """Every job (or those in ``state``), in id order; ``iter_jobs`` streams them instead."""
+        """Every job (or those in ``state``), in ``iter_jobs``'s order; ``iter_jobs`` streams them instead."""
         return list(self.iter_jobs(state))
+
+    def waiting(self) -> builtins.list[Job]:
+        """The waiting line (``iter_waiting``) as a list."""
+        return builtins.list(self.iter_waiting())
 
     def count(self, state: str | None = None) -> int:
         """How many jobs there are (in ``state``), read through the index."""
@@ -309,6 +332,17 @@ class Queue:
             conn.execute("UPDATE jobs SET urls = ?, request = ?, updated = ? WHERE id = ?",
                          (json.dumps(list(urls)), json.dumps(request), time.time(), ids[0]))
 
+    def move(self, job_id: int, offset: int, how: str = "set") -> int:
+        """Move a waiting (queued or paused) job in line and return its new position (0: the
+        front), as aria2's changePosition: to ``offset`` from the front (``set``), by ``offset``
+        from where it is (``cur``), or to ``offset`` from the last place (``end``, so ``0`` is
+        the end), kept within the line. Queued jobs start in line order; jobs added later join
+        at the end. InvalidInputError if the job is not waiting."""
+        if how not in MOVES:
+            raise InvalidInputError(f"unknown way to move {how!r} (one of {', '.join(MOVES)})")
+        with self._store.transaction() as conn:
+            return store.move(conn, job_id, offset, how)
+
     def remove(self, *ids: int, delete: bool = False, wait: float = 5.0) -> None:
         """Drop jobs, stopping active ones; ``delete`` also deletes their partial data.
 
@@ -355,7 +389,7 @@ class Queue:
         _unlink(doomed)
 
     def claim(self, owner: str, ids: Sequence[int] | None = None) -> Job | None:
-        """Take the oldest claimable job (among ``ids``, if given) for ``owner``."""
+        """Take the next claimable job (among ``ids``, if given) for ``owner``."""
         with self._store.transaction() as conn:
             return ownership.claim(conn, owner, ids)
 

@@ -271,3 +271,38 @@ class Outcome:
     error: str | None = None
     digest: str | None = None          # what a done job's file was verified against ("sha256:HEX")
     digest_source: str | None = None   # "given", or the server's header it came from
+
+
+# -- the waiting line ----------------------------------------------------------------------------------
+
+WAITING = ("queued", "paused")  # the jobs in line: queued ones start in its order, paused ones keep their place
+MOVES = ("set", "cur", "end")   # as in aria2's changePosition (POS_SET, POS_CUR, POS_END) and seek's whence
+
+
+def line_position(position: int, count: int, offset: int, how: str) -> int:
+    """Where a job now at ``position`` of a line of ``count`` goes when moved by ``offset``: from
+    the front (``set``), from where it is (``cur``) or from the last place (``end``), kept within
+    the line as aria2 does (a negative ``set`` is the front, anything past the end is the end)."""
+    if how == "set":
+        target = offset
+    elif how == "cur":
+        target = position + offset
+    elif how == "end":
+        target = count - 1 + offset
+    else:
+        raise InvalidInputError(f"unknown way to move {how!r} (one of {', '.join(MOVES)})")
+    return min(max(target, 0), max(count - 1, 0))
+
+
+def spread(low: float | None, high: float, count: int) -> list[float] | None:
+    """``count`` increasing line keys strictly between ``low`` and ``high`` (None: nothing is
+    before them), evenly spaced; None when floating point has too few values between the two."""
+    if count < 1:
+        return []
+    if low is None:
+        keys = [high - count + i for i in range(count)]
+    else:
+        step = (high - low) / (count + 1)
+        keys = [low + step * (i + 1) for i in range(count)]
+    bounds = ([] if low is None else [low]) + keys + [high]
+    return keys if all(a < b for a, b in zip(bounds, bounds[1:])) else None

@@ -18,8 +18,9 @@
   behind busy disk threads, keeps its jobs. Only an owner on another host (or in a pid space
   we cannot see into) is judged by its heartbeat, gone once it is older than STALE_AFTER.
 * **Claim** takes an active or queued row whose owner is gone (taking it over), else the
-  oldest queued row without owner. **Reap** finishes what gone owners left that nobody will
-  claim: it deletes their tombstones and releases their paused and queued rows.
+  queued row without owner that is first in line (the order of addition, unless a job was moved).
+  **Reap** finishes what gone owners left that nobody will claim: it deletes their tombstones and
+  releases their paused and queued rows.
 """
 
 from __future__ import annotations
@@ -168,23 +169,27 @@ def _among(ids: Sequence[int] | None) -> tuple[str, list[Any]]:
     return " AND id IN (SELECT value FROM json_each(?))", [json.dumps(list(ids))]
 
 
-# The next jobs nobody owns: the oldest queued rows, found through the index on (state, id).
-CLAIM_NEXT = ("SELECT id FROM jobs WHERE state = 'queued' AND owner IS NULL AND cancel IS NULL{among}"
-              " ORDER BY id LIMIT ?")
+# The next jobs nobody owns: the first queued rows in line, read in line order through the index on
+# (state, place) (see store.py). Among given ids, those rows are looked up by id instead (``+state``
+# keeps the planner off the index, whose queued rows may be many while the ids are few) and sorted.
+CLAIM_NEXT = ("SELECT id FROM jobs WHERE state = 'queued' AND owner IS NULL AND cancel IS NULL"
+              " ORDER BY coalesce(rank, id), id LIMIT ?")
+CLAIM_AMONG = ("SELECT id FROM jobs WHERE id IN (SELECT value FROM json_each(?)) AND +state = 'queued'"
+               " AND owner IS NULL AND cancel IS NULL ORDER BY coalesce(rank, id), id LIMIT ?")
 # Owned rows, found through their own index: few (the jobs being downloaded), however long the queue.
 # (No ORDER BY: sorting in SQL would tempt the planner into reading the table in id order.)
 OWNED = "SELECT id, state, " + OWNER_COLUMNS + " FROM jobs WHERE owner IS NOT NULL AND cancel IS NULL{among}"
 
 
 def claim(conn: sqlite3.Connection, owner: str, ids: Sequence[int] | None = None) -> Job | None:
-    """Take the oldest claimable job (among ``ids``, if given) for ``owner``; inside a transaction."""
+    """Take the next claimable job (among ``ids``, if given) for ``owner``; inside a transaction."""
     jobs = claim_many(conn, owner, 1, ids)
     return jobs[0] if jobs else None
 
 
 def claim_many(conn: sqlite3.Connection, owner: str, count: int, ids: Sequence[int] | None = None) -> list[Job]:
     """Take up to ``count`` claimable jobs (among ``ids``, if given) for ``owner``, in one go:
-    first those whose owner is gone, then the oldest unowned queued ones. Inside a transaction."""
+    first those whose owner is gone, then the unowned queued ones first in line. Inside a transaction."""
     among, params = _among(ids)
     judge = _Judge()
     chosen: list[int] = []
@@ -195,7 +200,7 @@ def claim_many(conn: sqlite3.Connection, owner: str, count: int, ids: Sequence[i
             log.info("taking over job %d from a process that is gone", row["id"])
             chosen.append(row["id"])
     if len(chosen) < count:
-        chosen += [row["id"] for row in conn.execute(CLAIM_NEXT.format(among=among),
+        chosen += [row["id"] for row in conn.execute(CLAIM_NEXT if ids is None else CLAIM_AMONG,
                                                       [*params, count - len(chosen)])]
     if not chosen:
         return []

@@ -21,7 +21,8 @@ from json.encoder import encode_basestring_ascii
 from pathlib import Path
 from typing import Any, TypeVar
 
-from dlman.queue.jobs import Job, NewJob, size_on_disk, stays_done
+from dlman.errors import InvalidInputError
+from dlman.queue.jobs import WAITING, Job, NewJob, line_position, size_on_disk, spread, stays_done
 
 T = TypeVar("T")
 
@@ -62,6 +63,14 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE jobs ADD COLUMN owner_start INTEGER;  -- the owner pid's start time
     ALTER TABLE jobs ADD COLUMN owner_space TEXT;     -- boot and pid namespace owner_pid belongs to
     CREATE INDEX jobs_owned ON jobs (owner) WHERE owner IS NOT NULL;
+    """,
+    # 3: a job's place in the waiting line, NULL meaning its id (so adding costs nothing more and
+    # the line is the order of addition until a job is moved); the index on (state, id) becomes
+    # one on (state, place), through which claims take the next queued jobs and lists page.
+    """
+    ALTER TABLE jobs ADD COLUMN rank REAL;            -- place in line when moved (see LINE)
+    DROP INDEX IF EXISTS jobs_state;
+    CREATE INDEX jobs_line ON jobs (state, coalesce(rank, id));
     """,
 )
 VERSION = len(MIGRATIONS)
@@ -241,3 +250,69 @@ def add_stream(store: Store, new_jobs: Iterable[NewJob]) -> array[int]:
         while chunk := list(itertools.islice(source, CHUNK)):
             ids.extend(_insert_ids(conn, chunk))
     return ids
+
+
+# -- the waiting line ------------------------------------------------------------------------------
+#
+# Queued jobs start in line order: by place (``coalesce(rank, id)``, written as the index has it, so
+# SQLite reads rows in that order instead of sorting them), then by id. A job never moved has no
+# rank: its place is its id, and a job added later has a larger id than any place given so far,
+# so it joins at the end. Paused jobs keep their place in line (aria2's waiting queue holds both).
+
+
+def line_query(states: Sequence[str], columns: str = "*") -> str:
+    """Rows of ``states`` after place ?1 and id ?2, in line order, at most ?3 (each state read in
+    order through the index on (state, place), the states merged)."""
+    arms = " UNION ALL ".join(f"SELECT {columns}, coalesce(rank, id) AS line FROM jobs"
+                              f" WHERE state = '{state}' AND cancel IS NULL" for state in states)
+    return f"SELECT * FROM ({arms}) WHERE line >= ?1 AND (line > ?1 OR id > ?2) ORDER BY line, id LIMIT ?3"
+
+
+START = (float("-inf"), 0)  # (place, id) before the whole line
+
+# The waiting line without one job (?1), from the ?3rd job on, at most ?2 of them.
+_OTHERS = ("SELECT id, line FROM (" + " UNION ALL ".join(
+    f"SELECT id, coalesce(rank, id) AS line FROM jobs WHERE state = '{state}' AND cancel IS NULL" for state in WAITING)
+    + ") WHERE id != ?1 ORDER BY line, id LIMIT ?2 OFFSET ?3")
+_COUNT = "SELECT count(*) FROM jobs WHERE state = ?1 AND cancel IS NULL"
+_COUNT_BEFORE = _COUNT + " AND coalesce(rank, id) <= ?2 AND (coalesce(rank, id) < ?2 OR id < ?3)"
+
+
+def move(conn: sqlite3.Connection, job_id: int, offset: int, how: str) -> int:
+    """Move a waiting job in line by ``jobs.line_position``'s rule, inside the caller's transaction;
+    its new position (0: the front)."""
+    row = conn.execute("SELECT state, cancel, coalesce(rank, id) AS line FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    if row is None or row["cancel"] is not None:
+        raise InvalidInputError(f"no job with id {job_id}")
+    if row["state"] not in WAITING:
+        raise InvalidInputError(f"job {job_id} is {row['state']}: only queued and paused jobs have a place in line")
+    count = sum(conn.execute(_COUNT, (state,)).fetchone()[0] for state in WAITING)
+    here = sum(conn.execute(_COUNT_BEFORE, (state, row["line"], job_id)).fetchone()[0] for state in WAITING)
+    target = line_position(here, count, offset, how)
+    if target != here:
+        _place(conn, job_id, target, count - 1)
+    return target
+
+
+def _place(conn: sqlite3.Connection, job_id: int, target: int, others: int) -> None:
+    """Give ``job_id`` the place ``target`` in the line of the ``others`` waiting jobs: a key between
+    its new neighbours' or, when floating point has no value left between them, a stretch of the
+    line around them spread out evenly (twice as long each time: rare, and cheap when it happens)."""
+    # Every job added later has a larger id: places stay below it, so new jobs join at the end.
+    ceiling = float(conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'jobs'").fetchone()[0] + 1)
+    reach = 0
+    while True:
+        start, end = max(target - reach, 0), min(target + reach, others)  # the stretch given new keys
+        first = max(start - 1, 0)  # from the neighbour before it (if any) to the one after it (if any)
+        rows = [(row[0], row[1]) for row in conn.execute(_OTHERS, (job_id, end + 1 - first, first))]
+        low = rows.pop(0)[1] if start > 0 else None
+        high = rows.pop()[1] if end < others else ceiling
+        keys = spread(low, high, len(rows) + 1)
+        if keys is not None:
+            break
+        if start == 0 and end == others:
+            raise AssertionError(f"no room in a line of {others + 1} below {ceiling}")
+        reach = max(1, 2 * reach)
+    ids = [job for job, _ in rows]
+    ids.insert(target - start, job_id)
+    conn.executemany("UPDATE jobs SET rank = ? WHERE id = ?", zip(keys, ids))

@@ -44,7 +44,6 @@ UNSUPPORTED = {
 
 # dlman's job states in aria2's words; "removed" is the daemon's own record of a removal.
 STATUS = {"active": "active", "queued": "waiting", "paused": "paused", "done": "complete", "failed": "error"}
-WAITING = ("queued", "paused")
 STOPPED = ("done", "failed")
 
 _GID = re.compile(r"^[0-9a-fA-F]{16}$")
@@ -154,17 +153,14 @@ def page(items: Sequence[T], offset: int, num: int) -> list[T]:
     return list(items[offset:offset + num])
 
 
-def reposition(position: int, count: int, pos: int, how: str) -> int:
-    """Where ``changePosition`` would move an item now at ``position`` of ``count`` (aria2's rule)."""
-    if how == "POS_SET":
-        target = pos
-    elif how == "POS_CUR":
-        target = position + pos
-    elif how == "POS_END":
-        target = count - 1 + pos
-    else:
+MOVES = {"POS_SET": "set", "POS_CUR": "cur", "POS_END": "end"}  # changePosition's ``how``, as Queue.move names it
+
+
+def move_of(how: str) -> str:
+    """``Queue.move``'s ``how`` for changePosition's (aria2's error for anything else)."""
+    if how not in MOVES:
         raise Aria2Error("Illegal argument.")
-    return min(max(target, 0), max(count - 1, 0))
+    return MOVES[how]
 
 
 # -- error codes -------------------------------------------------------------------------------------

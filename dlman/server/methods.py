@@ -90,7 +90,7 @@ class Aria2Methods:
             check_url(uri)
         request = aria2.request_from(options, len(uris))
         new = self.service.plan(uris, request.directory, request.out, request.options)
-        job = (await self.service.add([new]))[0]
+        job = (await self.service.add([new], position))[0]
         return aria2.to_gid(job.id)
 
     # -- reading --------------------------------------------------------------------------------------
@@ -107,7 +107,7 @@ class Aria2Methods:
         offset, num, keys = arg(params, 0, int), arg(params, 1, int), keys_arg(params, 2)
         if num < 0:
             raise Aria2Error("The parameter at 1 must be greater than or equal to 0.")
-        views = await self.service.views(aria2.WAITING)
+        views = await self.service.waiting()
         return [aria2.status_entry(v, keys) for v in aria2.page(views, offset, num)]
 
     async def tell_stopped(self, params: list[Any]) -> list[dict[str, Any]]:
@@ -210,16 +210,13 @@ class Aria2Methods:
 
     async def change_position(self, params: list[Any]) -> int:
         view = await self._view(params)
-        pos, how = arg(params, 1, int), arg(params, 2, str)
-        waiting = [v.job_id for v in await self.service.views(aria2.WAITING)]
-        if view.job_id not in waiting:
+        pos, how = arg(params, 1, int), aria2.move_of(arg(params, 2, str))
+        if view.status not in ("waiting", "paused"):
             raise Aria2Error(f"GID#{view.gid} not found in the waiting queue.")
-        here = waiting.index(view.job_id)
-        target = aria2.reposition(here, len(waiting), pos, how)
-        if target != here:
-            raise Aria2Error("dlman starts waiting downloads in the order they were added: "
-                             "changePosition cannot move them")
-        return target
+        try:
+            return await self.service.move(view.job_id, pos, how)
+        except InvalidInputError:  # started (or removed) since it was looked at
+            raise Aria2Error(f"GID#{view.gid} not found in the waiting queue.") from None
 
     async def change_uri(self, params: list[Any]) -> list[int]:
         view = await self._view(params)

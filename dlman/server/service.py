@@ -11,6 +11,7 @@ loop that serves the clients never waits on SQLite.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
@@ -186,7 +187,7 @@ class Service:
                     started=job.state in ("active", "done", "failed") or job.bytes_done > 0)
 
     async def views(self, states: Sequence[str] | None = None) -> list[View]:
-        """Every job (or those in ``states``), in id order."""
+        """Every job (or those in ``states``), in id order; ``waiting`` lists the waiting line."""
         if states is None:
             jobs = await self.db(self.queue.list)
         else:
@@ -195,6 +196,10 @@ class Service:
                 jobs += await self.db(self.queue.list, state)
             jobs.sort(key=lambda job: job.id)
         return [self.view(job) for job in jobs]
+
+    async def waiting(self) -> list[View]:
+        """aria2's waiting queue: queued and paused jobs in line order (the order queued ones start)."""
+        return [self.view(job) for job in await self.db(self.queue.waiting)]
 
     async def find(self, job_id: int) -> View | None:
         """A job's view, or a removed one's record, or None."""
@@ -244,10 +249,19 @@ class Service:
             raise InvalidInputError("the manifest holds no URL")
         return planned
 
-    async def add(self, new_jobs: Sequence[NewJob]) -> list[Job]:
+    async def add(self, new_jobs: Sequence[NewJob], position: int | None = None) -> list[Job]:
+        """Add jobs; with ``position``, the first one goes to that place in the waiting line (if it is
+        waiting: a job asked for again may be running or done, and a free slot may have taken it)."""
         jobs = await self.db(self.queue.add_many, new_jobs)
+        if position is not None and jobs:
+            with contextlib.suppress(InvalidInputError):
+                await self.move(jobs[0].id, position, "set")
         self.wake()
         return jobs
+
+    async def move(self, job_id: int, offset: int, how: str) -> int:
+        """Move a waiting job in line (``Queue.move``); its new position."""
+        return await self.db(self.queue.move, job_id, offset, how)
 
     async def pause(self, ids: Iterable[int]) -> None:
         """Pause jobs; those not running here are announced now, running ones when they stop."""
