@@ -181,6 +181,7 @@ def _upsert(conn: sqlite3.Connection, new_jobs: Sequence[NewJob]) -> _Added:
         return added
     now, last, kept = added.now, added.last, added.kept
     requeue = []
+    rejoin: list[int] = []  # ended jobs asked for again: they join the end of the line
     for row in conn.execute(_ASKED_BEFORE, (_json_strings(last),)):
         request, state = row["request"], row["state"]
         new = last[request]
@@ -195,6 +196,8 @@ def _upsert(conn: sqlite3.Connection, new_jobs: Sequence[NewJob]) -> _Added:
                 "queued", urls, options, None, bytes_done):
             requeue.append((urls, options, bytes_done, now, row["id"]))
             updated = now
+        if state not in WAITING:
+            rejoin.append(row["id"])
         kept[request] = Job(row["id"], new.urls, row["dest"], bool(row["dest_is_dir"]), row["output"],
                             new.options, "queued", bytes_done, row["total_bytes"], None, row["owner_pid"],
                             row["created"], updated)
@@ -202,6 +205,7 @@ def _upsert(conn: sqlite3.Connection, new_jobs: Sequence[NewJob]) -> _Added:
                      " updated = ? WHERE id = ?", requeue)
     fresh = [request for request in last if request not in kept]
     newest = conn.execute("SELECT coalesce(max(id), 0) FROM jobs").fetchone()[0]
+    _to_the_end(conn, rejoin, newest)
     conn.executemany(
         "INSERT INTO jobs (urls, dest, dest_is_dir, output, request, options, state, created, updated)"
         " VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
@@ -212,6 +216,31 @@ def _upsert(conn: sqlite3.Connection, new_jobs: Sequence[NewJob]) -> _Added:
     assert len(new_ids) == len(fresh)
     added.fresh.update(zip(fresh, new_ids))
     return added
+
+
+_LAST_PLACE = ("SELECT max(line) FROM (" + " UNION ALL ".join(
+    f"SELECT max(coalesce(rank, id)) AS line FROM jobs WHERE state = '{state}'" for state in WAITING) + ")")
+
+
+def _to_the_end(conn: sqlite3.Connection, job_ids: Sequence[int], newest: int) -> None:
+    """Give ``job_ids`` places at the end of the line, in order: after every waiting job and
+    before any job added later (whose id, and so place, is larger than ``newest``)."""
+    if not job_ids:
+        return
+    last = conn.execute(_LAST_PLACE).fetchone()[0]
+    keys = spread(last, newest + 1, len(job_ids))
+    if keys is None:  # no room left between the two: their ids are the next best
+        return
+    conn.executemany("UPDATE jobs SET rank = ? WHERE id = ?", zip(keys, job_ids))
+
+
+def in_line_order(conn: sqlite3.Connection, job_ids: Sequence[int]) -> list[int]:
+    """``job_ids`` with the waiting ones first, in line order, then the others as given."""
+    placed = [row[0] for row in conn.execute(
+        "SELECT id FROM jobs WHERE id IN (SELECT value FROM json_each(?)) AND state IN ('queued', 'paused')"
+        " ORDER BY coalesce(rank, id), id", (json.dumps(list(job_ids)),))]
+    seen = set(placed)
+    return placed + [job_id for job_id in job_ids if job_id not in seen]
 
 
 def insert_jobs(conn: sqlite3.Connection, new_jobs: Sequence[NewJob]) -> list[Job]:
