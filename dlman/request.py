@@ -38,14 +38,6 @@ class Retry(Exception):
         self.after = after
 
 
-class _MirrorGone(Exception):
-    """This mirror cannot serve the file (a 4xx, a TLS failure, another version of the file)."""
-
-    def __init__(self, error: DownloadError) -> None:
-        super().__init__(str(error))
-        self.error = error
-
-
 class SourceGone(Exception):
     """This URL cannot serve the file (a 4xx, a TLS failure, another version of the file)."""
 

@@ -104,18 +104,18 @@ class Aria2Methods:
         return [aria2.status_entry(v, keys) for v in await self.service.views(["active"])]
 
     async def tell_waiting(self, params: list[Any]) -> list[dict[str, Any]]:
-        offset, num, keys = arg(params, 0, int), arg(params, 1, int), keys_arg(params, 2)
-        if num < 0:
-            raise Aria2Error("The parameter at 1 must be greater than or equal to 0.")
-        views = await self.service.waiting()
-        return [aria2.status_entry(v, keys) for v in aria2.page(views, offset, num)]
+        return await self._tell_page(params, self.service.waiting)
 
     async def tell_stopped(self, params: list[Any]) -> list[dict[str, Any]]:
+        return await self._tell_page(params, self.service.stopped)
+
+    async def _tell_page(self, params: list[Any],
+                         views: Callable[[], Awaitable[list[View]]]) -> list[dict[str, Any]]:
+        """tellWaiting/tellStopped: ``offset``, ``num`` and ``keys`` over one list of downloads."""
         offset, num, keys = arg(params, 0, int), arg(params, 1, int), keys_arg(params, 2)
         if num < 0:
             raise Aria2Error("The parameter at 1 must be greater than or equal to 0.")
-        views = await self.service.stopped()
-        return [aria2.status_entry(v, keys) for v in aria2.page(views, offset, num)]
+        return [aria2.status_entry(v, keys) for v in aria2.page(await views(), offset, num)]
 
     async def get_files(self, params: list[Any]) -> list[dict[str, Any]]:
         return aria2.files_entry(await self._view(params))
