@@ -5,6 +5,7 @@ Kept small on purpose; test modules add their own fixtures next to their tests.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,6 +24,13 @@ from faultserver import FaultServer, make_data as _make_data  # noqa: E402
 from sabotages import apply_from_environment  # noqa: E402
 
 apply_from_environment()  # scripts/sabotage.py: one mechanism switched off, to see its tests fail
+
+# When pytest believes it runs on CI (CI or BUILD_NUMBER set) it explains a failed comparison of
+# two sequences with a full difflib diff of their reprs, whatever the verbosity: minutes for two
+# multi-MiB files, so a failing test becomes a timeout (and pytest-timeout's interruption of that
+# diff can crash pytest's own report). Byte strings are explained cheaply by the hook below.
+for _variable in ("CI", "BUILD_NUMBER"):
+    os.environ.pop(_variable, None)
 
 
 def pytest_assertrepr_compare(op: str, left: object, right: object) -> list[str] | None:
