@@ -88,6 +88,22 @@ def test_add_of_an_undecodable_url_is_exit_2_and_adds_nothing(dlman, tmp_path: P
     assert queued(tmp_path / "home") == []
 
 
+@pytest.mark.parametrize("where", [("-d", "{tmp}/bad\udcff"), ("-o", "bad\udcff.bin"),
+                                   ("-d", "{tmp}/bad\udcff", "-i", "{tmp}/m.txt")],
+                         ids=["dir", "output", "manifest-dir"])
+def test_an_undecodable_destination_is_exit_2_names_itself_and_adds_nothing(dlman, tmp_path: Path,
+                                                                           where: tuple[str, ...]) -> None:
+    """`dlman add -d $'bad\xff'` (a path of non-UTF-8 bytes). Seen: exit 1 with
+    "'utf-8' codec can't encode character '\udcff'", which named neither the option nor the path."""
+    (tmp_path / "m.txt").write_text("http://127.0.0.1:9/m\n  dir=sub\n", encoding="utf-8")
+    args = [part.format(tmp=tmp_path) for part in where]
+    urls = [] if "-i" in args else ["http://127.0.0.1:9/a"]
+    result = dlman("add", "--later", *args, *urls)
+    assert result.exit_code == 2, result.output
+    assert "bad\\xff" in result.output and "not valid UTF-8" in result.output
+    assert queued(tmp_path / "home") == []
+
+
 # -- a job whose settle fails ---------------------------------------------------------------------------
 
 def test_a_job_whose_ending_cannot_be_stored_does_not_wedge_the_queue(tmp_path: Path) -> None:
