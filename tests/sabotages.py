@@ -363,6 +363,14 @@ def _database_thread() -> None:
     Runner._db = default_executor
 
 
+def _encoding_kept() -> None:
+    import dataclasses
+
+    from dlman.state import ResumeState
+    real = ResumeState.encode
+    ResumeState.encode = lambda self: real(dataclasses.replace(self, encoding=None))  # type: ignore[method-assign]
+
+
 def _stays_done() -> None:
     from dlman.queue import store
     store.stays_done = lambda total_bytes, old, new, size_on_disk: False
@@ -486,6 +494,10 @@ CATALOGUE: tuple[Sabotage, ...] = (
               "tests/test_queue.py::test_adding_a_paused_owned_job_again_leaves_it_with_its_owner")),
     Sabotage("database-thread", "the runner's database calls have a thread of their own", _database_thread,
              ("tests/test_queue.py::test_heartbeats_do_not_wait_behind_busy_disk_threads",)),
+    Sabotage("encoding-kept", "the resume state keeps the encoding the bytes were served in",
+             _encoding_kept,
+             ("tests/test_hostile_edges.py::"
+              "test_a_resume_from_a_server_that_encodes_every_answer_keeps_its_progress",)),
     Sabotage("stays-done", "a done job added again stays done while its file is whole", _stays_done,
              ("tests/test_queue.py::test_done_job_with_its_file_stays_done_when_added_again",
               "tests/test_cli_process.py::test_same_manifest_twice_downloads_nothing_even_without_a_size")),

@@ -570,17 +570,19 @@ def test_cdn_signed_url_parameters_are_never_printed(server, tmp_path, monkeypat
 # -- progress ---------------------------------------------------------------------------------------------
 def test_a_resume_from_a_server_that_encodes_every_answer_keeps_its_progress(server, make_data, tmp_path):
     """A server that gzips every answer (Accept-Encoding ignored) is downloaded in segments of its
-    gzip representation, but the state does not record the encoding: on resume ``remote.encoding``
-    is None, every 206 says gzip, and ``judge_range`` falls back to one plain stream from zero
-    (SPEC rule 5: a resume re-downloads at most what arrived since the last save)."""
+    gzip representation. The state records the encoding served, so on resume every 206 that says
+    gzip matches it and the saved progress is kept; without it, ``judge_range`` would fall back to
+    one plain stream from zero (SPEC rule 5: a resume re-downloads at most what arrived since the
+    last save). The server stays throttled: a takeover cuts a running range short, and an
+    unthrottled server would have pushed up to a socket buffer's worth past the cut by then."""
     data = make_data(8 * MiB)
     res = server.add("/gz", data, gzip_always=True, auto_etag=True, throttle=2 * MiB)
     dest = tmp_path / "gz"
     start_and_cancel(server.url("/gz"), dest, 2 * MiB, connections=2)
     claimed = saved_bytes(dest)
     served = gzip.compress(data, compresslevel=6, mtime=0)
-    res.throttle = None
     res.reset_counters()
     fetch(server.url("/gz"), dest, connections=2)
     assert dest.read_bytes() == served
-    assert res.bytes_served <= len(served) - claimed + (64 << 10), (res.bytes_served, claimed)
+    # From zero would be ``claimed`` (over 2 MiB) more; a cut range's overshoot is a few slices.
+    assert res.bytes_served <= len(served) - claimed + (256 << 10), (res.bytes_served, claimed)
