@@ -39,13 +39,15 @@ CONNECTIONS = 16  # parallel connections per download for every segmented tool
 #
 # A builder gets a `Job` (see below) and returns argv.  Useful fields:
 #   j.url        URL of the single file            j.name      its file name
-#   j.out        output directory (empty, exists)  j.https     True for the HTTPS scenario
+#   j.out        output directory (empty, exists)  j.https     True for the HTTPS scenarios
+#   j.http2      True for the HTTP/2 scenario
 #   j.manifest   manifest in the SPEC / aria2 input-file format (URL + "  out=NAME" lines)
 #   j.curl_config()  writes a curl config (url/output pairs) into the work dir, returns its path
 #   j.dlman      argv prefix that starts dlman     j.home      dlman's --home directory
 # "single" builds one download; "many" maps row labels to builders for the manifest scenario
 # (several labels give several rows, e.g. curl sequential and curl --parallel).  Optional
-# "https_probe": (argv, text): the tool runs the HTTPS scenario only if argv's output has text.
+# "https_probe": (argv, text): the tool runs the HTTPS scenarios only if argv's output has text.
+# "http2": False for a tool that cannot speak HTTP/2 (skipped in that scenario).
 # ---------------------------------------------------------------------------------------------
 def _if(cond: bool, *args: str) -> list[str]:
     return list(args) if cond else []
@@ -58,7 +60,7 @@ ARIA2_COMMON = ["--no-conf", f"-x{CONNECTIONS}", f"-s{CONNECTIONS}", "-k1M",
 COMMANDS: dict[str, dict] = {
     "dlman": {
         "single": lambda j: [*j.dlman, "--home", j.home, "-q", "add", "-c", str(CONNECTIONS),
-                             "-d", j.out, *_if(j.https, "--insecure"), j.url],
+                             "-d", j.out, *_if(j.https, "--insecure"), *_if(j.http2, "--http2"), j.url],
         "many": {
             "dlman": lambda j: [*j.dlman, "--home", j.home, "-q", "add", "-c", str(CONNECTIONS),
                                 "-j", "16", "-d", j.out, *_if(j.https, "--insecure"),
@@ -67,7 +69,7 @@ COMMANDS: dict[str, dict] = {
     },
     "curl": {
         # -q first: ignore ~/.curlrc.  -f: an HTTP error is a failure.
-        "single": lambda j: ["curl", "-q", "-sS", "-f", *_if(j.https, "-k"),
+        "single": lambda j: ["curl", "-q", "-sS", "-f", *_if(j.https, "-k"), *_if(j.http2, "--http2"),
                              "-o", os.path.join(j.out, j.name), j.url],
         "many": {
             "curl": lambda j: ["curl", "-q", "-sS", "-f", *_if(j.https, "-k"),
@@ -85,6 +87,7 @@ COMMANDS: dict[str, dict] = {
                                  *_if(j.https, "--check-certificate=false"),
                                  "-d", j.out, "-i", j.manifest],
         },
+        "http2": False,
     },
     "axel": {
         "single": lambda j: ["axel", "-n", str(CONNECTIONS), "-q", *_if(j.https, "-k"),
@@ -92,6 +95,7 @@ COMMANDS: dict[str, dict] = {
         "many": {},  # axel has no input-file mode: skipped in scenario 3
         # older axels have no -k: skip HTTPS unless `axel --help` mentions --insecure
         "https_probe": (["axel", "--help"], "--insecure"),
+        "http2": False,
     },
 }
 
@@ -132,12 +136,14 @@ Scenarios (sizes are multiplied by --size-scale)
      pair with `tc netem delay 20ms` on both ends; nginx listens on the host end, the
      tools run in the namespace (`ip netns exec`).  Needs root, `ip`, `tc` and the netem
      qdisc; skipped with a note otherwise.  Removed at the end.
+  6  1 GiB over HTTP/2 with TLS (nginx `listen ... ssl http2`): dlman --http2 --insecure,
+     curl --http2 -k; aria2c and axel speak no HTTP/2 and are skipped
   No traffic goes anywhere but 127.0.0.1 and that private veth pair; proxy variables are
   removed from the tools' environment, curl ignores ~/.curlrc (-q), aria2c its config.
 
 Tools and their command lines (edit COMMANDS at the top of the script)
   dlman   DLMAN --home WORK/dlman-home -q add -c 16 -d OUT URL
-          (+ --insecure for HTTPS; -i manifest -j 16 for scenario 3).  DLMAN is --dlman,
+          (+ --insecure for HTTPS, --http2 for scenario 6; -i manifest -j 16 for scenario 3).  DLMAN is --dlman,
           else the `dlman` script beside this Python, else `python -m dlman`, else PATH.
           The home directory is wiped before each dlman run.
   curl    curl -q -sS -f -o OUT/NAME URL
@@ -458,6 +464,7 @@ http {{
 
 SSL_BLOCK = """\
         listen 127.0.0.1:{https_port} ssl;
+        listen 127.0.0.1:{h2_port} ssl http2;
         ssl_certificate {cert};
         ssl_certificate_key {key};
         ssl_protocols TLSv1.2 TLSv1.3;
@@ -466,11 +473,11 @@ SSL_BLOCK = """\
 
 
 class Nginx:
-    def __init__(self, work: Path, data: Path, http_port: int, https_port: int,
+    def __init__(self, work: Path, data: Path, http_port: int, https_port: int, h2_port: int,
                  tls: tuple[Path, Path] | None, extra_ip: str | None):
         self.dir = work / "nginx"
         self.data, self.tls, self.extra_ip = data, tls, extra_ip
-        self.http_port, self.https_port = http_port, https_port
+        self.http_port, self.https_port, self.h2_port = http_port, https_port, h2_port
         self.proc: subprocess.Popen | None = None
         self.error_log = self.dir / "error.log"
 
@@ -480,8 +487,8 @@ class Nginx:
             d.mkdir(parents=True, exist_ok=True)
         ssl_block = ""
         if self.tls:
-            ssl_block = SSL_BLOCK.format(https_port=self.https_port, cert=self.tls[0],
-                                         key=self.tls[1])
+            ssl_block = SSL_BLOCK.format(https_port=self.https_port, h2_port=self.h2_port,
+                                         cert=self.tls[0], key=self.tls[1])
         extra = f"        listen {self.extra_ip}:{self.http_port};\n" if self.extra_ip else ""
         conf = self.dir / "nginx.conf"
         conf.write_text(NGINX_CONF.format(
@@ -495,7 +502,7 @@ class Nginx:
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                      start_new_session=True)
         out.close()
-        ports = [self.http_port] + ([self.https_port] if self.tls else [])
+        ports = [self.http_port] + ([self.https_port, self.h2_port] if self.tls else [])
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -552,6 +559,7 @@ class Scenario:
     kind: str  # "single" or "many"
     location: str  # "data" or "throttled"
     https: bool = False
+    http2: bool = False
     netns: bool = False
     files: list[DataFile] = dataclasses.field(default_factory=list)
 
@@ -566,6 +574,7 @@ class Job:
     name: str
     out: str
     https: bool
+    http2: bool
     manifest: str
     home: str
     dlman: list[str]
@@ -822,8 +831,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="bench.py", description=HELP_DESCRIPTION,
                                 epilog=HELP_EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--scenario", default="1,2,3,4,5", metavar="LIST",
-                   help="comma-separated scenario numbers (default: 1,2,3,4,5; those that "
+    p.add_argument("--scenario", default="1,2,3,4,5,6", metavar="LIST",
+                   help="comma-separated scenario numbers (default: 1,2,3,4,5,6; those that "
                         "cannot run here are skipped with a note)")
     p.add_argument("--runs", type=int, default=5, metavar="N",
                    help="timed runs per tool and scenario (default: 5)")
@@ -852,8 +861,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         a.scenarios = sorted({int(x) for x in a.scenario.split(",") if x.strip()})
     except ValueError:
         p.error("--scenario takes numbers such as 1,2,4")
-    if not a.scenarios or any(n not in range(1, 6) for n in a.scenarios):
-        p.error("--scenario: choose among 1,2,3,4,5")
+    if not a.scenarios or any(n not in range(1, 7) for n in a.scenarios):
+        p.error("--scenario: choose among 1,2,3,4,5,6")
     a.tool_list = [t.strip() for t in a.tools.split(",") if t.strip()]
     unknown = [t for t in a.tool_list if t not in COMMANDS]
     if unknown or not a.tool_list:
@@ -937,10 +946,10 @@ def main(argv: list[str] | None = None) -> int:
 
         skip_notes: dict[int, str] = {}
         tls = None
-        if 4 in args.scenarios:
+        if {4, 6} & set(args.scenarios):
             tls = make_certificate(work / "tls")
             if tls is None:
-                skip_notes[4] = "no `openssl` command and no `trustme` package"
+                skip_notes[4] = skip_notes[6] = "no `openssl` command and no `trustme` package"
         if 5 in args.scenarios:
             netns = NetNS()
             why = netns.setup()
@@ -953,7 +962,7 @@ def main(argv: list[str] | None = None) -> int:
         small: list[DataFile] = []
         wanted = set(args.scenarios) - set(skip_notes)
         note(f"work directory: {work}")
-        if wanted & {1, 4}:
+        if wanted & {1, 4, 6}:
             big_size = scaled(GiB)
             note(f"data: {human_size(big_size)} ...")
             big = make_file(data_root, f"big-{big_size}.bin", big_size)
@@ -967,14 +976,18 @@ def main(argv: list[str] | None = None) -> int:
             small = [make_file(data_root, f"small-{sz}/f{i:03d}.bin", sz) for i in range(500)]
             os.chmod(data_root / f"small-{sz}", 0o755)
 
-        http_port, https_port = free_port(), free_port()
+        http_port = free_port()
+        https_port = h2_port = http_port
         while https_port == http_port:
             https_port = free_port()
-        nginx = Nginx(work, data_root, http_port, https_port, tls,
+        while h2_port in (http_port, https_port):
+            h2_port = free_port()
+        nginx = Nginx(work, data_root, http_port, https_port, h2_port, tls,
                       netns.host_ip if netns else None)
         nginx.start()
         note(f"{first_line(['nginx', '-v'])}, pid {nginx.proc.pid}: "
-             f"http://127.0.0.1:{http_port}/  https://127.0.0.1:{https_port}/")
+             f"http://127.0.0.1:{http_port}/  https://127.0.0.1:{https_port}/  "
+             f"HTTP/2: https://127.0.0.1:{h2_port}/")
         if netns:
             rtt = netns.measure_rtt(http_port)
             if rtt is None:
@@ -993,6 +1006,8 @@ def main(argv: list[str] | None = None) -> int:
                         https=True, files=[big] if big else []),
             5: Scenario(5, "limit_rate 8m per connection, 40 ms RTT (netns + netem)",
                         "single", "throttled", netns=True, files=[mid] if mid else []),
+            6: Scenario(6, "HTTP/2 over TLS, self-signed certificate", "single", "data",
+                        https=True, http2=True, files=[big] if big else []),
         }
 
         env = tool_env()
@@ -1016,7 +1031,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"### Scenario {number}: skipped ({skip_notes[number]})\n", flush=True)
                 continue
             sc = scenarios[number]
-            if sc.https:
+            if sc.http2:
+                base = f"https://127.0.0.1:{h2_port}/{sc.location}/"
+            elif sc.https:
                 base = f"https://127.0.0.1:{https_port}/{sc.location}/"
             elif sc.netns:
                 base = f"http://{netns.host_ip}:{http_port}/{sc.location}/"
@@ -1032,6 +1049,9 @@ def main(argv: list[str] | None = None) -> int:
                 probe = COMMANDS[t].get("https_probe")
                 if sc.https and probe and probe[1] not in first_line_all(probe[0]):
                     notes.append(f"{t}: skipped (no option to accept a self-signed certificate)")
+                    continue
+                if sc.http2 and not COMMANDS[t].get("http2", True):
+                    notes.append(f"{t}: skipped (no HTTP/2)")
                     continue
                 if sc.kind == "single":
                     rows.append((t, spec))
@@ -1061,7 +1081,7 @@ def main(argv: list[str] | None = None) -> int:
                     clean_dir(out)
                     if label == "dlman":
                         shutil.rmtree(home, ignore_errors=True)
-                    job = Job(url=urls[0][0], name=urls[0][1], out=str(out), https=sc.https,
+                    job = Job(url=urls[0][0], name=urls[0][1], out=str(out), https=sc.https, http2=sc.http2,
                               manifest=str(manifest), home=str(home), dlman=dlman_cmd or [],
                               workdir=str(work), _urls=urls)
                     cmd = build(job)
