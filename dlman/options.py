@@ -221,6 +221,33 @@ def redact(text: str) -> str:
     return _WORD.sub(mask, text)
 
 
+def storable_text(text: str) -> str:
+    """``text`` as UTF-8 can hold it: an undecodable byte of a URL or a file name arrives as a lone
+    surrogate, which SQLite, JSON answers and terminals refuse; it is shown as a backslash escape."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:  # the bytes the system gave (os.fsdecode's surrogates), undecodable ones as \xNN
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # surrogates from elsewhere (an escaped JSON string): \uNNNN
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def check_path_text(path: str, what: str = "the destination") -> str:
+    """``path`` unchanged, or InvalidInputError: the queue stores paths as UTF-8 text, so a name of
+    other bytes (lone surrogates) cannot be stored, and a NUL ends a path early in every system call."""
+    if "\x00" in path:
+        raise InvalidInputError(f"{what} {storable_text(path)!r} holds a NUL character")
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInputError(f"{what} {storable_text(path)} is not valid UTF-8, and dlman stores paths as "
+                                "UTF-8 text: choose a UTF-8 name and directory") from None
+    return path
+
+
 def check_url(url: str) -> str:
     """The URL, if it is an absolute http(s) URL with a host that httpx accepts; else InvalidInputError."""
     problem = _url_problem(url)

@@ -104,6 +104,16 @@ def test_an_undecodable_destination_is_exit_2_names_itself_and_adds_nothing(dlma
     assert queued(tmp_path / "home") == []
 
 
+@pytest.mark.parametrize("dest", ["x\ud83d/", "x\udcff\ud800/", "x\x00y/"], ids=["high", "mixed", "nul"])
+def test_the_api_refuses_a_destination_no_file_system_call_can_take(tmp_path: Path, dest: str) -> None:
+    """Seen: a lone surrogate outside U+DC80-U+DCFF raised a raw UnicodeEncodeError while the
+    error message was being built, and a NUL was enqueued as job 1."""
+    with Queue(tmp_path / "home") as queue:
+        with pytest.raises(InvalidInputError, match="not valid UTF-8|NUL"):
+            queue.add("http://127.0.0.1:9/a", str(tmp_path / dest))
+        assert queue.list() == []
+
+
 # -- a job whose settle fails ---------------------------------------------------------------------------
 
 def test_a_job_whose_ending_cannot_be_stored_does_not_wedge_the_queue(tmp_path: Path) -> None:

@@ -222,6 +222,28 @@ def test_notifications_for_start_pause_complete_error_and_stop(tmp_path: Path, s
             events.close()
 
 
+def test_dir_and_out_that_are_not_utf8_are_refused_by_name(tmp_path: Path, server) -> None:
+    """A JSON string may escape a lone surrogate ("\\ud83d"): no file name can be made of it, and
+    the queue stores UTF-8 text. Seen: addUri answered "internal error: UnicodeEncodeError"
+    (from realpath), and POST /api/jobs a bare 500."""
+    url = server.url("/f.bin")
+    with running(tmp_path) as daemon:
+        for options in ('{"dir": "sub\\ud83d"}', '{"out": "o\\ud83d.bin"}', '{"out": "o\\udcff.bin"}',
+                        '{"dir": "s\\udc41"}'):
+            body = ('{"jsonrpc": "2.0", "id": 1, "method": "aria2.addUri", "params": '
+                    f'["token:{SECRET}", ["{url}"], {options}]}}')
+            answer = daemon.client.post("/jsonrpc", content=body.encode("ascii"),
+                                        headers={"Content-Type": "application/json"})
+            error = answer.json()["error"]
+            assert error["code"] == 1 and "not valid UTF-8" in error["message"], (options, error)
+        for fields in ('"dir": "s\\ud83d"', f'"manifest": "{url}\\n  out=o\\ud83d.bin\\n"'):
+            rest = daemon.rest("POST", "/api/jobs", content=f'{{"urls": ["{url}"], {fields}}}'.encode("ascii"),
+                               headers={"Content-Type": "application/json"})
+            assert rest.status_code == 400, (fields, rest.text)
+        assert daemon.call("aria2.tellWaiting", 0, 10) == []
+        assert "Traceback" not in daemon.output()
+
+
 def test_download_roots_symlinks_and_no_overwrite(tmp_path: Path, server, make_data) -> None:
     outside = tmp_path / "outside"
     outside.mkdir()

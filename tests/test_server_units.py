@@ -14,7 +14,7 @@ import pytest
 from dlman.errors import InvalidInputError
 from dlman.server import aria2, security
 from dlman.server.aria2 import Aria2Error, View
-from dlman.server.config import Listen, check_exposure, check_origin, is_loopback, parse_listen, read_secret
+from dlman.server.config import Listen, check_exposure, check_roots, check_origin, is_loopback, parse_listen, read_secret
 from dlman.server.jsonrpc import BadRequest, Dispatcher, parse_query
 from dlman.server.paths import OutsideRoots, place
 from dlman.server.speed import SpeedMeter, eta
@@ -150,6 +150,23 @@ def test_download_roots(tmp_path: Path) -> None:
                            ("sub", "../../x"), (None, "escape/x")]:
         with pytest.raises(OutsideRoots):
             place(roots, directory, out)
+
+
+def test_download_roots_refuse_names_no_file_system_call_can_take(tmp_path: Path) -> None:
+    roots = (str(tmp_path.resolve()),)
+    for directory, out in [("sub\ud83d", None), ("s\udcff", None), ("a\x00b", None), (None, "o\ud83d.bin"),
+                           (None, "o\udcff.bin"), (None, "o\x00.bin")]:
+        with pytest.raises(OutsideRoots, match="UTF-8|NUL"):
+            place(roots, directory, out)
+
+
+def test_a_download_root_that_is_not_utf8_stops_the_daemon_at_start(tmp_path: Path) -> None:
+    """Seen: the daemon started, refused every job inside its root, and answered getGlobalOption
+    and a refusal naming the root with a 500 (the root's name could not be put in JSON)."""
+    root = os.fsdecode(bytes(tmp_path) + b"/root\xff")
+    os.mkdir(root)
+    with pytest.raises(InvalidInputError, match=r"--download-root .*root\\xff is not valid UTF-8"):
+        check_roots([root], str(tmp_path))
 
 
 def test_gids_are_16_hex_digits_one_to_one() -> None:

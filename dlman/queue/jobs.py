@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from dlman.checksum import parse_checksum
 from dlman.errors import InvalidInputError
 from dlman.naming import part_path, state_path
-from dlman.options import check_connections, check_urls, mask_header, mask_url, normalise_headers, parse_rate, redact
+from dlman.options import check_connections, check_path_text, check_urls, mask_header, mask_url, normalise_headers, parse_rate, redact
 from dlman.states import STATES
 
 if TYPE_CHECKING:
@@ -163,19 +163,8 @@ def prepare(
     else:
         is_dir = text.endswith((os.sep, "/")) or os.path.isdir(text)
         path = os.path.abspath(text)
-    _check_storable_path(path)
+    check_path_text(path)
     return NewJob(urls, path, is_dir, output or None, clean)
-
-
-def _check_storable_path(path: str) -> None:
-    """InvalidInputError for a path the queue cannot store: the queue keeps text (UTF-8), and a
-    name of other bytes arrives as lone surrogates that no UTF-8 text can hold."""
-    try:
-        path.encode("utf-8")
-    except UnicodeEncodeError:
-        shown = path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-        raise InvalidInputError(f"{shown}: the destination is not valid UTF-8, and the queue stores "
-                                "paths as UTF-8 text; choose a UTF-8 name (-o) or directory (-d)") from None
 
 
 def _refuse_live(options: Mapping[str, Any]) -> None:

@@ -37,6 +37,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from dlman.options import storable_text
 from dlman.queue.jobs import Job, partial_files
 
 log = logging.getLogger("dlman")
@@ -248,16 +249,6 @@ def heartbeat(conn: sqlite3.Connection, owner: str, reports: Mapping[int, Report
 
 
 SETTLE_FIELDS = frozenset({"bytes_done", "total_bytes", "dest", "dest_is_dir", "error"})
-
-
-def storable_text(text: str) -> str:
-    """``text`` as SQLite can store it: a message may quote an undecodable byte of a URL or a file
-    name (a lone surrogate), which would make the whole transaction fail, settles of other jobs too."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return text
 
 
 def settle(conn: sqlite3.Connection, owner: str, job_id: int, state: str | None,

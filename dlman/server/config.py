@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from dlman.errors import InvalidInputError
+from dlman.options import check_path_text
 
 DEFAULT_PORT = 6800
 DEFAULT_MAX_REQUEST = 2 * 1024 * 1024  # aria2's --rpc-max-request-size default
@@ -143,7 +144,7 @@ def check_roots(roots: Sequence[str], cwd: str) -> tuple[str, ...]:
     chosen = list(roots) or [cwd]
     resolved = []
     for root in chosen:
-        path = os.path.realpath(os.path.join(cwd, os.path.expanduser(root)))
+        path = check_path_text(os.path.realpath(os.path.join(cwd, os.path.expanduser(root))), "--download-root")
         if not os.path.isdir(path):
             raise InvalidInputError(f"--download-root {root} is not a directory")
         resolved.append(path)

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from dlman.errors import InvalidInputError
 from dlman.manifest import check_out
+from dlman.options import check_path_text
 
 
 class OutsideRoots(InvalidInputError):
@@ -37,8 +38,10 @@ def place(roots: Sequence[str], directory: str | None, out: str | None) -> tuple
         wanted = roots[0]
     else:
         text = os.path.expanduser(directory) if directory.startswith("~") else directory
-        if "\x00" in text:
-            raise OutsideRoots(f"dir {directory!r} holds a NUL character")
+        try:
+            check_path_text(text, "dir")
+        except InvalidInputError as error:
+            raise OutsideRoots(str(error)) from None
         wanted = os.path.join(roots[0], text)  # an absolute dir replaces the root here
     real = os.path.realpath(wanted)
     root = _root_of(real, roots)
@@ -47,7 +50,7 @@ def place(roots: Sequence[str], directory: str | None, out: str | None) -> tuple
     if out is None or out == "":
         return real, None
     try:
-        name = check_out(out)
+        name = check_out(check_path_text(out, "out"))
     except InvalidInputError as error:
         raise OutsideRoots(str(error)) from None
     target = os.path.realpath(os.path.join(real, name))
