@@ -41,6 +41,17 @@ def saved_bytes(dest: Path) -> int:
     return raw["size"] - sum(b - a for a, b in raw["missing"])
 
 
+def claimed_ranges(dest: Path) -> list[tuple[int, int]]:
+    """The byte ranges ``[a, b)`` the resume state of ``dest`` claims are on disk."""
+    raw = json.loads(dest.with_name(dest.name + ".part.state").read_bytes())
+    claimed, at = [], 0
+    for a, b in sorted(raw["missing"]) + [(raw["size"], raw["size"])]:
+        if a > at:
+            claimed.append((at, a))
+        at = max(at, b)
+    return claimed
+
+
 def fetch(url: str | list[str], dest: Path | str, **options: Any) -> dlman.DownloadResult:
     """A blocking download with a short timeout, so a failing test fails fast."""
     options.setdefault("timeout", 5)
