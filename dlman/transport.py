@@ -576,7 +576,7 @@ class CancellingHTTP2Connection(httpcore.AsyncHTTP2Connection):
             chunks = [event.data]
             size = event.flow_controlled_length or 0
             queue = self._events[stream_id]
-            while queue and isinstance(queue[0], h2.events.DataReceived):
+            while queue and isinstance(queue[0], h2.events.DataReceived) and size < HIGH_WATER:
                 more = typing.cast(h2.events.DataReceived, queue.pop(0))
                 chunks.append(more.data)
                 size += more.flow_controlled_length or 0

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import httpx
 import trustme
 
 import dlman
@@ -131,3 +132,28 @@ def test_h2_stream_dropped_by_the_server_is_retried(h2_server: H2Server, big: by
     # The byte after the drop came from a later request, over h2 as well.
     assert any(span(r, len(data))[0] <= MiB < span(r, len(data))[1] for r in res.requests[1:])
     assert res.protocols == {"h2"}
+
+
+def test_data_queued_for_a_stream_is_handed_over_a_buffer_at_a_time(h2_server: H2Server, big: bytes) -> None:
+    """Reading one stream pulls in the DATA of the others on the connection, up to its 16 MiB
+    window. Handed over as one joined chunk, that was a fresh allocation of megabytes at a time:
+    1 GiB over h2 with 16 streams peaked at 118-129 MiB, against 75-77 MiB a buffer at a time."""
+    from dlman.transport import HIGH_WATER, make_transport
+
+    h2_server.add("/a.bin", big[:8 * MiB])
+    h2_server.add("/b.bin", big[8 * MiB:16 * MiB])
+
+    async def main() -> list[int]:
+        transport = make_transport(http2=True, limits=httpx.Limits(max_connections=1))
+        async with httpx.AsyncClient(transport=transport, trust_env=False) as client:
+            async with client.stream("GET", h2_server.url("/a.bin")) as a, \
+                    client.stream("GET", h2_server.url("/b.bin")) as b:
+                assert a.http_version == b.http_version == "HTTP/2"
+                async for _ in b.aiter_raw():  # b to its end: a's DATA queues up meanwhile
+                    pass
+                sizes = [len(chunk) async for chunk in a.aiter_raw()]
+        assert sum(sizes) == 8 * MiB
+        return sizes
+
+    sizes = asyncio.run(main())
+    assert max(sizes) <= HIGH_WATER + (16 << 10), max(sizes)  # at most one frame past a buffer's worth
