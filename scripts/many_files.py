@@ -96,7 +96,7 @@ def main() -> int:
     os.chmod(work, 0o755)
     for directory in (data, data / folder):
         os.chmod(directory, 0o755)
-    nginx = bench.Nginx(work, data, bench.free_port(), bench.free_port(), None, None)
+    nginx = bench.Nginx(work, data, bench.free_port(), bench.free_port(), bench.free_port(), None, None)
     nginx.start()
     env = bench.tool_env()
     runs: list[list[Run]] = []
