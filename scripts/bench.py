@@ -172,6 +172,7 @@ examples
   python3 scripts/bench.py                                  # everything, 5 runs each
   python3 scripts/bench.py --size-scale 0.05 --runs 1       # quick smoke run
   python3 scripts/bench.py --scenario 1,4 --tools dlman,aria2c --json results.json
+  python3 scripts/bench.py --scenario 1 --tools dlman,curl --compare old=/path/to/old/bin/dlman
   python3 scripts/bench.py --workdir /var/tmp/dlbench --out-dir /dev/shm/dlbench-out
 """
 
@@ -844,6 +845,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dlman", metavar="CMD",
                    help="command that starts dlman, split on spaces (default: the `dlman` "
                         "script beside this Python, else `python -m dlman`, else PATH)")
+    p.add_argument("--compare", action="append", default=[], metavar="LABEL=CMD",
+                   help="another dlman to run beside the first, e.g. old=/path/to/old/dlman "
+                        "(repeatable): its rows are labelled LABEL, interleaved with the others and "
+                        "compared with dlman like the other tools")
     p.add_argument("--json", metavar="FILE", help="save every raw measurement to FILE")
     p.add_argument("--workdir", metavar="DIR",
                    help="work directory, kept afterwards so the data is reused by the next "
@@ -863,6 +868,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--scenario takes numbers such as 1,2,4")
     if not a.scenarios or any(n not in range(1, 7) for n in a.scenarios):
         p.error("--scenario: choose among 1,2,3,4,5,6")
+    a.compare_cmds = {}
+    for item in a.compare:
+        label, sep, command = item.partition("=")
+        if not sep or not label or not command.split() or label in COMMANDS or label in a.compare_cmds:
+            p.error(f"--compare {item!r}: give LABEL=CMD with a new label, e.g. old=/path/to/old/dlman")
+        a.compare_cmds[label] = command.split()
     a.tool_list = [t.strip() for t in a.tools.split(",") if t.strip()]
     unknown = [t for t in a.tool_list if t not in COMMANDS]
     if unknown or not a.tool_list:
@@ -1012,6 +1023,8 @@ def main(argv: list[str] | None = None) -> int:
 
         env = tool_env()
         versions = {t: tool_version(t, dlman_cmd) for t in tools}
+        compare = args.compare_cmds if "dlman" in tools else {}
+        versions.update({label: tool_version("dlman", cmd) for label, cmd in compare.items()})
         versions["nginx"] = first_line(["nginx", "-v"])
         report.update({
             "argv": sys.argv, "size_scale": scale, "runs": args.runs, "tools": tools,
@@ -1021,7 +1034,7 @@ def main(argv: list[str] | None = None) -> int:
         })
         print(f"# dlman benchmark\n\n{cpu_model()}, {os.cpu_count()} CPUs, {platform.platform()}, "
               f"{args.runs} run(s) per tool, size scale {scale:g}, {CONNECTIONS} connections.\n")
-        for t in tools:
+        for t in [*tools, *compare]:
             print(f"- {t}: {versions[t]}")
         print(f"- nginx: {versions['nginx']}\n", flush=True)
 
@@ -1059,6 +1072,10 @@ def main(argv: list[str] | None = None) -> int:
                     rows.extend(spec.items())
                 else:
                     notes.append(f"{t}: skipped (no manifest / input-file mode)")
+            if "dlman" in [label for label, _ in rows]:
+                build_dlman = (COMMANDS["dlman"]["single"] if sc.kind == "single"
+                               else COMMANDS["dlman"]["many"]["dlman"])
+                rows.extend((label, build_dlman) for label in compare)
             if sc.netns and netns.rtt_ms is not None:
                 notes.append(f"measured TCP connect time in the namespace: "
                              f"{netns.rtt_ms:.1f} ms")
@@ -1079,10 +1096,11 @@ def main(argv: list[str] | None = None) -> int:
                 for pos, (label, build) in enumerate(order):
                     out = out_root / label
                     clean_dir(out)
-                    if label == "dlman":
+                    if label == "dlman" or label in compare:
                         shutil.rmtree(home, ignore_errors=True)
                     job = Job(url=urls[0][0], name=urls[0][1], out=str(out), https=sc.https, http2=sc.http2,
-                              manifest=str(manifest), home=str(home), dlman=dlman_cmd or [],
+                              manifest=str(manifest), home=str(home),
+                              dlman=compare.get(label) or dlman_cmd or [],
                               workdir=str(work), _urls=urls)
                     cmd = build(job)
                     if sc.netns:
