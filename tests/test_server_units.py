@@ -154,7 +154,8 @@ def test_download_roots(tmp_path: Path) -> None:
 
 def test_download_roots_refuse_names_no_file_system_call_can_take(tmp_path: Path) -> None:
     roots = (str(tmp_path.resolve()),)
-    for directory, out in [("sub\ud83d", None), ("s\udcff", None), ("a\x00b", None), (None, "o\ud83d.bin"),
+    for directory, out in [("sub\ud83d", None), ("s\udcff", None), ("a\x00b", None), ("~\ud83d/x", None),
+                           ("~ro\x00ot/x", None), (None, "o\ud83d.bin"),
                            (None, "o\udcff.bin"), (None, "o\x00.bin")]:
         with pytest.raises(OutsideRoots, match="UTF-8|NUL"):
             place(roots, directory, out)
@@ -167,6 +168,9 @@ def test_a_download_root_that_is_not_utf8_stops_the_daemon_at_start(tmp_path: Pa
     os.mkdir(root)
     with pytest.raises(InvalidInputError, match=r"--download-root .*root\\xff is not valid UTF-8"):
         check_roots([root], str(tmp_path))
+    for bad in ("~\ud800/x", "~ro\x00ot"):
+        with pytest.raises(InvalidInputError, match="UTF-8|NUL"):
+            check_roots([bad], str(tmp_path))
 
 
 def test_gids_are_16_hex_digits_one_to_one() -> None:

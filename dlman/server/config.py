@@ -144,6 +144,7 @@ def check_roots(roots: Sequence[str], cwd: str) -> tuple[str, ...]:
     chosen = list(roots) or [cwd]
     resolved = []
     for root in chosen:
+        check_path_text(root, "--download-root")
         path = check_path_text(os.path.realpath(os.path.join(cwd, os.path.expanduser(root))), "--download-root")
         if not os.path.isdir(path):
             raise InvalidInputError(f"--download-root {root} is not a directory")

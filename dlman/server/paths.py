@@ -37,11 +37,11 @@ def place(roots: Sequence[str], directory: str | None, out: str | None) -> tuple
     if directory is None or not directory.strip():
         wanted = roots[0]
     else:
-        text = os.path.expanduser(directory) if directory.startswith("~") else directory
         try:
-            check_path_text(text, "dir")
+            check_path_text(directory, "dir")  # before expanduser, which cannot take it either
         except InvalidInputError as error:
             raise OutsideRoots(str(error)) from None
+        text = os.path.expanduser(directory) if directory.startswith("~") else directory
         wanted = os.path.join(roots[0], text)  # an absolute dir replaces the root here
     real = os.path.realpath(wanted)
     root = _root_of(real, roots)
