@@ -34,8 +34,8 @@ for _variable in ("CI", "BUILD_NUMBER"):
 
 
 def pytest_assertrepr_compare(op: str, left: object, right: object) -> list[str] | None:
-    """Explain a failed comparison of large byte strings by where they part, cheaply: pytest's own
-    diff of two multi-MiB reprs can take minutes on a slow machine and turn a failure into a hang."""
+    """Explain a failed comparison of large byte strings by where they part, cheaply (pytest's
+    short form names no offset; its full diff of multi-MiB reprs takes minutes, see above)."""
     if op != "==" or not isinstance(left, (bytes, bytearray)) or not isinstance(right, (bytes, bytearray)):
         return None
     if max(len(left), len(right)) <= 4096:

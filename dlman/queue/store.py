@@ -237,8 +237,9 @@ def _to_the_end(conn: sqlite3.Connection, job_ids: Sequence[int], newest: int) -
 def in_line_order(conn: sqlite3.Connection, job_ids: Sequence[int]) -> list[int]:
     """``job_ids`` with the waiting ones first, in line order, then the others as given."""
     placed = [row[0] for row in conn.execute(
-        "SELECT id FROM jobs WHERE id IN (SELECT value FROM json_each(?)) AND state IN ('queued', 'paused')"
-        " ORDER BY coalesce(rank, id), id", (json.dumps(list(job_ids)),))]
+        "SELECT id FROM jobs WHERE id IN (SELECT value FROM json_each(?))"
+        f" AND state IN ({', '.join(repr(state) for state in WAITING)}) ORDER BY coalesce(rank, id), id",
+        (json.dumps(list(job_ids)),))]
     seen = set(placed)
     return placed + [job_id for job_id in job_ids if job_id not in seen]
 
@@ -289,20 +290,23 @@ def add_stream(store: Store, new_jobs: Iterable[NewJob]) -> array[int]:
 # so it joins at the end. Paused jobs keep their place in line (aria2's waiting queue holds both).
 
 
-def line_query(states: Sequence[str], columns: str = "*") -> str:
-    """Rows of ``states`` after place ?1 and id ?2, in line order, at most ?3 (each state read in
-    order through the index on (state, place), the states merged)."""
-    arms = " UNION ALL ".join(f"SELECT {columns}, coalesce(rank, id) AS line FROM jobs"
+def _in_line(states: Sequence[str], columns: str) -> str:
+    """``columns`` and the place (``line``) of the live rows of ``states``: one arm per state, each
+    read in order through the index on (state, place), merged by the caller's ORDER BY."""
+    return " UNION ALL ".join(f"SELECT {columns}, coalesce(rank, id) AS line FROM jobs"
                               f" WHERE state = '{state}' AND cancel IS NULL" for state in states)
-    return f"SELECT * FROM ({arms}) WHERE line >= ?1 AND (line > ?1 OR id > ?2) ORDER BY line, id LIMIT ?3"
+
+
+def line_query(states: Sequence[str], columns: str = "*") -> str:
+    """Rows of ``states`` after place ?1 and id ?2, in line order, at most ?3."""
+    return (f"SELECT * FROM ({_in_line(states, columns)}) WHERE line >= ?1 AND (line > ?1 OR id > ?2)"
+            " ORDER BY line, id LIMIT ?3")
 
 
 START = (float("-inf"), 0)  # (place, id) before the whole line
 
 # The waiting line without one job (?1), from the ?3rd job on, at most ?2 of them.
-_OTHERS = ("SELECT id, line FROM (" + " UNION ALL ".join(
-    f"SELECT id, coalesce(rank, id) AS line FROM jobs WHERE state = '{state}' AND cancel IS NULL" for state in WAITING)
-    + ") WHERE id != ?1 ORDER BY line, id LIMIT ?2 OFFSET ?3")
+_OTHERS = f"SELECT id, line FROM ({_in_line(WAITING, 'id')}) WHERE id != ?1 ORDER BY line, id LIMIT ?2 OFFSET ?3"
 _COUNT = "SELECT count(*) FROM jobs WHERE state = ?1 AND cancel IS NULL"
 _COUNT_BEFORE = _COUNT + " AND coalesce(rank, id) <= ?2 AND (coalesce(rank, id) < ?2 OR id < ?3)"
 
